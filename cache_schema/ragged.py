@@ -1,0 +1,56 @@
+"""Packing a list of (T_i, D) arrays into one values array plus offsets, and back.
+
+This is the whole trick of the layout: utterance i occupies rows offsets[i]:offsets[i+1]
+of `values`. Keeping it in one place keeps writer, reader and tests in agreement.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+
+def lengths_to_offsets(lengths: Sequence[int] | np.ndarray) -> np.ndarray:
+    lengths = np.asarray(lengths, dtype=np.int64)
+    offsets = np.zeros(len(lengths) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    return offsets
+
+
+def pack(arrays: Sequence[np.ndarray | None], dim: int, dtype: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(values, offsets, present) for a list of per-utterance arrays; None means missing."""
+    present = np.array([a is not None for a in arrays], dtype=bool)
+    parts = [np.asarray(a, dtype=dtype).reshape(-1, dim) for a in arrays if a is not None]
+    lengths = [0 if a is None else np.asarray(a).reshape(-1, dim).shape[0] for a in arrays]
+    values = np.concatenate(parts, axis=0) if parts else np.zeros((0, dim), dtype=dtype)
+    return values, lengths_to_offsets(lengths), present
+
+
+def unpack(values: np.ndarray, offsets: np.ndarray) -> list[np.ndarray]:
+    return [values[offsets[i] : offsets[i + 1]] for i in range(len(offsets) - 1)]
+
+
+def rows_for(offsets: np.ndarray, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Concatenated row numbers of the given utterances, and their lengths (vectorised)."""
+    starts = offsets[indices]
+    lengths = offsets[indices + 1] - starts
+    total = int(lengths.sum())
+    if total == 0:
+        return np.zeros(0, dtype=np.int64), lengths
+    # row r of utterance k is starts[k] + (position within its run)
+    run_starts = np.repeat(starts - np.concatenate([[0], np.cumsum(lengths)[:-1]]), lengths)
+    return np.arange(total, dtype=np.int64) + run_starts, lengths
+
+
+def pad(flat: np.ndarray, lengths: np.ndarray, max_len: int | None = None) -> np.ndarray:
+    """(B, T_max, D) zero-padded array from concatenated rows and per-item lengths."""
+    b = len(lengths)
+    t = int(lengths.max(initial=0)) if max_len is None else max_len
+    dim = flat.shape[1] if flat.ndim == 2 else 0
+    out = np.zeros((b, t, dim), dtype=flat.dtype)
+    if flat.shape[0]:
+        item = np.repeat(np.arange(b), lengths)
+        pos = np.arange(flat.shape[0]) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+        keep = pos < t
+        out[item[keep], pos[keep]] = flat[keep]
+    return out

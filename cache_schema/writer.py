@@ -1,0 +1,430 @@
+"""Writing caches: the utterance table, feature-set parts from parallel jobs, and the merge.
+
+Stage 1 never writes into the cache from parallel jobs. Each job writes its own *part*
+(a small Zarr group outside the cache), and one merge step streams the parts, in row
+order, into a staging group inside the cache and renames it into place. A rename is
+atomic on a POSIX file system, so readers see either the old feature set or the new one,
+never half of one. Every mutation of a cache holds an exclusive file lock, so two
+extraction runs on one cache serialise instead of interleaving.
+"""
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import shutil
+import uuid
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Sequence
+
+import numpy as np
+import zarr
+
+from . import layout as L
+from .errors import CacheError, NotACacheError
+from .ragged import lengths_to_offsets
+from .table import STRING_COLUMNS, UtteranceTable
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+@contextlib.contextmanager
+def cache_lock(path: str | os.PathLike) -> Iterator[None]:
+    """Exclusive lock on a cache for the duration of a mutation (waits for other writers)."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    with open(path / L.LOCK_FILE, "a+") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _string_array(group: zarr.Group, name: str, values: np.ndarray) -> None:
+    arr = group.create_array(name, shape=(len(values),), dtype=str, chunks=(max(1, min(len(values), 65536)),))
+    if len(values):
+        arr[:] = np.asarray(values, dtype=object)
+
+
+def _write_table_group(group: zarr.Group, table: UtteranceTable) -> None:
+    n = len(table)
+    for name, column in table.columns.items():
+        if column.dtype == object or name in STRING_COLUMNS:
+            _string_array(group, name, column)
+        else:
+            chunks = (max(1, min(n, 65536)),) + column.shape[1:]
+            arr = group.create_array(name, shape=column.shape, dtype=column.dtype, chunks=chunks)
+            if column.size:
+                arr[...] = column
+    group.attrs.update(
+        {
+            "n": n,
+            "label_names": list(table.label_names),
+            "labels_multi_names": list(table.labels_multi_names),
+            "metadata_columns": table.metadata_columns,
+        }
+    )
+
+
+def read_table(group: zarr.Group) -> UtteranceTable:
+    attrs = dict(group.attrs)
+    cols: dict[str, np.ndarray] = {}
+    for name, arr in group.arrays():
+        data = arr[...]
+        if data.dtype.kind in "UTO":
+            data = np.asarray(data, dtype=object)
+        cols[name] = data
+    return UtteranceTable(cols, list(attrs.get("label_names", [])), list(attrs.get("labels_multi_names", [])))
+
+
+def _touch_root(root: zarr.Group) -> None:
+    meta = dict(root.attrs.get(L.ROOT_ATTR, {}))
+    meta["updated"] = _now()
+    meta["producer_version"] = L.producer_version()
+    root.attrs[L.ROOT_ATTR] = meta
+
+
+def _swap_in(staging: Path, target: Path, trash_dir: Path) -> None:
+    """Rename `staging` to `target`, moving any existing target aside first."""
+    old = None
+    if target.exists():
+        trash_dir.mkdir(parents=True, exist_ok=True)
+        old = trash_dir / f"{target.name}-{uuid.uuid4().hex[:8]}"
+        os.rename(target, old)
+    os.rename(staging, target)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def is_cache(path: str | os.PathLike) -> bool:
+    meta = Path(path) / "zarr.json"
+    if not meta.is_file():
+        return False
+    try:
+        return L.ROOT_ATTR in json.loads(meta.read_text()).get("attributes", {})
+    except (OSError, ValueError):
+        return False
+
+
+def create_cache(path: str | os.PathLike, table: UtteranceTable) -> None:
+    """Create a cache holding `table`, or update the table of an existing cache.
+
+    Updating keeps existing rows where they are and appends new utterances; an existing
+    id whose text or labels changed is refused, naming the ids (see `write_utterances`).
+    """
+    path = Path(path)
+    if path.exists() and any(path.iterdir()) and not is_cache(path):
+        raise NotACacheError(f"{path}: exists and is not an emofuse cache; refusing to write into it")
+    with cache_lock(path):
+        if not is_cache(path):
+            root = zarr.open_group(str(path), mode="a")
+            root.attrs[L.ROOT_ATTR] = {
+                "schema_version": L.SCHEMA_VERSION,
+                "producer_version": L.producer_version(),
+                "created": _now(),
+                "updated": _now(),
+            }
+            root.require_group(L.FEATURES)
+        _write_utterances_locked(path, table)
+
+
+def write_utterances(path: str | os.PathLike, table: UtteranceTable) -> None:
+    with cache_lock(path):
+        _write_utterances_locked(Path(path), table)
+
+
+def merged_table(old: UtteranceTable, new: UtteranceTable) -> UtteranceTable:
+    """Old rows in their order, then utterances only `new` has. Conflicts raise CacheError."""
+    if old.label_names != new.label_names and len(old) and len(new):
+        raise CacheError(f"label names differ: cache has {old.label_names}, new table has {new.label_names}")
+    old_index = {uid: i for i, uid in enumerate(old.ids)}
+    conflicts = []
+    checked = ("text", "label", "split", "labels_multi", "sentiment")
+    for j, uid in enumerate(new.ids):
+        i = old_index.get(uid)
+        if i is None:
+            continue
+        for col in checked:
+            a, b = old.columns[col][i], new.columns[col][j]
+            if not np.array_equal(np.asarray(a), np.asarray(b), equal_nan=np.asarray(a).dtype.kind == "f"):
+                conflicts.append(f"{uid} ({col}: {a!r} != {b!r})")
+                break
+    if conflicts:
+        shown = "; ".join(conflicts[:10]) + (f"; and {len(conflicts) - 10} more" if len(conflicts) > 10 else "")
+        raise CacheError(f"utterance tables disagree for {len(conflicts)} id(s): {shown}")
+    added = np.array([uid not in old_index for uid in new.ids], dtype=bool)
+    if not added.any():
+        return old
+    extra = new.select(added)
+    cols = {}
+    for name in set(old.columns) | set(extra.columns):
+        a, b = old.columns.get(name), extra.columns.get(name)
+        if a is None or b is None:
+            raise CacheError(f"cannot add utterances: column {name!r} exists in only one of the tables")
+        cols[name] = np.concatenate([a, b])
+    return UtteranceTable(cols, old.label_names or new.label_names, old.labels_multi_names or new.labels_multi_names)
+
+
+def _write_utterances_locked(path: Path, table: UtteranceTable) -> None:
+    root = zarr.open_group(str(path), mode="a")
+    if L.UTTERANCES in root:
+        old = read_table(root[L.UTTERANCES])
+        table = merged_table(old, table)
+        if table is old:
+            return  # nothing new: leave the files (and their mtimes) alone
+    staging = path / L.STAGING / f"{L.UTTERANCES}-{uuid.uuid4().hex[:8]}"
+    _write_table_group(zarr.open_group(str(staging), mode="w"), table)
+    _swap_in(staging, path / L.UTTERANCES, path / L.TRASH)
+    _touch_root(zarr.open_group(str(path), mode="a"))
+
+
+class FeaturePartWriter:
+    """Collects one job's per-utterance arrays and writes them as a part at `close()`.
+
+    Rows are absolute indices into the utterance table and must lie in [row_start, row_stop).
+    They may arrive in any order (length-bucketed batches do that); the part is written
+    sorted. The part appears atomically (written beside its final path, then renamed), so
+    a killed job leaves no part and the workflow simply runs it again.
+    """
+
+    def __init__(self, path: str | os.PathLike, row_start: int, row_stop: int, dim: int, dtype: str = "float16"):
+        if dtype not in L.VALUE_DTYPES:
+            raise CacheError(f"dtype must be one of {L.VALUE_DTYPES}, got {dtype!r}")
+        self.path = Path(path)
+        self.row_start, self.row_stop, self.dim, self.dtype = int(row_start), int(row_stop), int(dim), dtype
+        self._arrays: dict[int, np.ndarray] = {}
+        self.failures: list[dict[str, Any]] = []
+
+    def put(self, row: int, array: np.ndarray) -> None:
+        self._check_row(row)
+        array = np.asarray(array)
+        if array.ndim == 1:
+            array = array[None, :]
+        if array.ndim != 2 or array.shape[1] != self.dim:
+            raise CacheError(f"row {row}: expected a (T, {self.dim}) array, got shape {array.shape}")
+        if not np.isfinite(array).all():
+            raise CacheError(f"row {row}: array has NaN or infinite values")
+        if array.shape[0] == 0:
+            raise CacheError(f"row {row}: empty array; record a failure instead")
+        self._arrays[row] = array.astype(self.dtype, copy=False)
+
+    def fail(self, row: int, utterance_id: str, file: str, reason: str) -> None:
+        self._check_row(row)
+        self._arrays.pop(row, None)
+        self.failures.append({"row": int(row), "utterance_id": str(utterance_id), "file": str(file or ""), "reason": str(reason)})
+
+    def _check_row(self, row: int) -> None:
+        if not self.row_start <= row < self.row_stop:
+            raise CacheError(f"row {row} outside this part's range [{self.row_start}, {self.row_stop})")
+
+    def close(self, attrs: dict[str, Any] | None = None) -> Path:
+        n = self.row_stop - self.row_start
+        lengths = np.zeros(n, dtype=np.int64)
+        present = np.zeros(n, dtype=bool)
+        for row, arr in self._arrays.items():
+            lengths[row - self.row_start] = arr.shape[0]
+            present[row - self.row_start] = True
+        values = (
+            np.concatenate([self._arrays[r] for r in sorted(self._arrays)], axis=0)
+            if self._arrays
+            else np.zeros((0, self.dim), dtype=self.dtype)
+        )
+        tmp = self.path.with_name(self.path.name + f".tmp-{uuid.uuid4().hex[:8]}")
+        group = zarr.open_group(str(tmp), mode="w")
+        rows_chunk = max(1, min(len(values), 65536))
+        group.create_array(L.VALUES, shape=values.shape, dtype=self.dtype, chunks=(rows_chunk, self.dim))[...] = values
+        group.create_array("lengths", shape=(n,), dtype="int64", chunks=(max(1, n),))[...] = lengths
+        group.create_array(L.PRESENT, shape=(n,), dtype="bool", chunks=(max(1, n),))[...] = present
+        group.attrs.update(
+            {
+                "row_start": self.row_start,
+                "row_stop": self.row_stop,
+                "dim": self.dim,
+                "dtype": self.dtype,
+                "failures": self.failures,
+                "attrs": attrs or {},
+            }
+        )
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if self.path.exists():
+            shutil.rmtree(self.path)
+        os.rename(tmp, self.path)
+        return self.path
+
+
+class _ShardAlignedAppender:
+    """Appends rows to a sharded array, writing whole shards so no shard is rewritten."""
+
+    def __init__(self, array: zarr.Array, shard_rows: int):
+        self.array, self.shard_rows = array, shard_rows
+        self.written = 0
+        self._pending: list[np.ndarray] = []
+        self._pending_rows = 0
+
+    def append(self, rows: np.ndarray) -> None:
+        if len(rows):
+            self._pending.append(rows)
+            self._pending_rows += len(rows)
+        while self._pending_rows >= self.shard_rows:
+            self._flush(self.shard_rows)
+
+    def _flush(self, n: int) -> None:
+        block = np.concatenate(self._pending, axis=0)
+        self.array[self.written : self.written + n] = block[:n]
+        self.written += n
+        rest = block[n:]
+        self._pending = [rest] if len(rest) else []
+        self._pending_rows = len(rest)
+
+    def finish(self) -> None:
+        if self._pending_rows:
+            self._flush(self._pending_rows)
+
+
+def _create_values(group: zarr.Group, total_rows: int, dim: int, dtype: str, compression: str | None) -> tuple[zarr.Array, int]:
+    inner, shard = L.chunk_rows(dim, dtype)
+    shard = max(inner, min(shard, -(-max(total_rows, 1) // inner) * inner))  # no shard larger than the data
+    compressors = None
+    if compression == "zstd":
+        compressors = [zarr.codecs.ZstdCodec(level=1)]
+    elif compression not in (None, "none"):
+        raise CacheError(f"unknown compression {compression!r} (use 'none' or 'zstd')")
+    arr = group.create_array(
+        L.VALUES, shape=(total_rows, dim), dtype=dtype, chunks=(inner, dim), shards=(shard, dim), compressors=compressors
+    )
+    return arr, shard
+
+
+def _write_failures(group: zarr.Group, failures: Sequence[dict[str, Any]]) -> None:
+    fg = group.create_group(L.FAILURES)
+    n = len(failures)
+    fg.create_array("row", shape=(n,), dtype="int64", chunks=(max(1, n),))[...] = np.array(
+        [f["row"] for f in failures], dtype=np.int64
+    )
+    for col in L.FAILURE_COLUMNS[1:]:
+        _string_array(fg, col, np.array([f[col] for f in failures], dtype=object))
+
+
+def merge_parts(
+    cache: str | os.PathLike,
+    name: str,
+    parts: Iterable[str | os.PathLike],
+    attrs: dict[str, Any],
+    compression: str | None = None,
+) -> None:
+    """Combine job parts covering every utterance into `features/<name>`, atomically.
+
+    `attrs` is the provenance (see layout.FEATURE_ATTR_KEYS); `dim`/`dtype` come from the
+    parts. Replaces an existing feature set of that name; never touches other sets.
+    """
+    cache = Path(cache)
+    if not L.FEATURE_NAME_RE.match(name):
+        raise CacheError(f"invalid feature-set name {name!r}")
+    if not is_cache(cache):
+        raise NotACacheError(f"{cache}: not an emofuse cache (create it with the utterance table first)")
+    groups = sorted((zarr.open_group(str(p), mode="r") for p in parts), key=lambda g: g.attrs["row_start"])
+    n = int(zarr.open_group(str(cache / L.UTTERANCES), mode="r").attrs["n"])
+    _check_coverage(groups, n, name)
+    if not groups:
+        raise CacheError(f"feature set {name!r}: no parts to merge")
+    dims = {int(g.attrs["dim"]) for g in groups}
+    dtypes = {g.attrs["dtype"] for g in groups}
+    if len(dims) != 1 or len(dtypes) != 1:
+        raise CacheError(f"feature set {name!r}: parts disagree on dim/dtype: {sorted(dims)} / {sorted(dtypes)}")
+    dim, dtype = dims.pop(), dtypes.pop()
+    lengths = np.concatenate([g["lengths"][...] for g in groups])
+    present = np.concatenate([g[L.PRESENT][...] for g in groups])
+    failures = [f for g in groups for f in g.attrs["failures"]]
+
+    with cache_lock(cache):
+        staging = cache / L.STAGING / f"{name}-{uuid.uuid4().hex[:8]}"
+        group = zarr.open_group(str(staging), mode="w")
+        offsets = lengths_to_offsets(lengths)
+        values, shard_rows = _create_values(group, int(offsets[-1]), dim, dtype, compression)
+        appender = _ShardAlignedAppender(values, shard_rows)
+        for g in groups:
+            appender.append(g[L.VALUES][...])
+        appender.finish()
+        group.create_array(L.OFFSETS, shape=offsets.shape, dtype="int64", chunks=(max(1, min(len(offsets), 1 << 20)),))[
+            ...
+        ] = offsets
+        group.create_array(L.PRESENT, shape=present.shape, dtype="bool", chunks=(max(1, min(n, 1 << 20)),))[...] = present
+        _write_failures(group, failures)
+        meta = {k: attrs.get(k) for k in L.FEATURE_ATTR_KEYS}
+        meta.update({k: v for k, v in attrs.items() if k not in meta})
+        meta.update(
+            {
+                "dim": dim,
+                "dtype": dtype,
+                "code_version": attrs.get("code_version") or L.producer_version(),
+                "created": _now(),
+                "n_present": int(present.sum()),
+                "n_failures": len(failures),
+                "compression": compression or "none",
+            }
+        )
+        group.attrs.update(meta)
+        (cache / L.FEATURES).mkdir(exist_ok=True)
+        _swap_in(staging, cache / L.FEATURES / name, cache / L.TRASH)
+        _touch_root(zarr.open_group(str(cache), mode="a"))
+
+
+def _check_coverage(groups: list[zarr.Group], n: int, name: str) -> None:
+    expected = 0
+    for g in groups:
+        start, stop = int(g.attrs["row_start"]), int(g.attrs["row_stop"])
+        if start != expected:
+            kind = "overlap" if start < expected else "gap"
+            raise CacheError(f"feature set {name!r}: parts {kind} at row {min(start, expected)} (part starts at {start})")
+        expected = stop
+    if expected != n:
+        raise CacheError(f"feature set {name!r}: parts cover rows 0..{expected} but the cache has {n} utterances")
+
+
+def write_feature_set(
+    cache: str | os.PathLike,
+    name: str,
+    arrays: Sequence[np.ndarray | None],
+    attrs: dict[str, Any],
+    dim: int | None = None,
+    dtype: str = "float16",
+    failures: Sequence[dict[str, Any]] = (),
+    compression: str | None = None,
+) -> None:
+    """Write a whole feature set in one call (one array or None per utterance, in table order)."""
+    cache = Path(cache)
+    if dim is None:
+        first = next((a for a in arrays if a is not None), None)
+        if first is None:
+            raise CacheError(f"feature set {name!r}: every utterance is missing; pass dim explicitly")
+        dim = int(np.asarray(first).reshape(len(first), -1).shape[1])
+    part_path = cache / L.STAGING / f"part-{name}-{uuid.uuid4().hex[:8]}"
+    writer = FeaturePartWriter(part_path, 0, len(arrays), dim, dtype)
+    for row, arr in enumerate(arrays):
+        if arr is not None:
+            writer.put(row, arr)
+    for f in failures:
+        writer.fail(f["row"], f["utterance_id"], f.get("file", ""), f["reason"])
+    writer.close()
+    try:
+        merge_parts(cache, name, [part_path], attrs, compression=compression)
+    finally:
+        shutil.rmtree(part_path, ignore_errors=True)
+
+
+def delete_feature_set(cache: str | os.PathLike, name: str) -> None:
+    cache = Path(cache)
+    with cache_lock(cache):
+        target = cache / L.FEATURES / name
+        if not target.exists():
+            raise CacheError(f"{cache}: no feature set {name!r}")
+        trash = cache / L.TRASH / f"{name}-{uuid.uuid4().hex[:8]}"
+        trash.parent.mkdir(exist_ok=True)
+        os.rename(target, trash)
+        shutil.rmtree(trash, ignore_errors=True)
+        _touch_root(zarr.open_group(str(cache), mode="a"))

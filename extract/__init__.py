@@ -1,0 +1,1 @@
+"""emofuse stage 1: corpora, media and frozen encoders into the feature cache."""

@@ -1,0 +1,1 @@
+"""emofuse stage 2: fusion heads trained from the feature cache."""

@@ -1,0 +1,87 @@
+"""`fuse cache info|validate PATH`."""
+from __future__ import annotations
+
+import sys
+
+import click
+import numpy as np
+
+from cache_schema import CacheError, CacheValidationError, open_cache, validate
+
+
+def _fail(exc: Exception) -> None:
+    click.echo(f"error: {exc}", err=True)
+    sys.exit(2)
+
+
+@click.group("cache")
+def cache() -> None:
+    """Inspect and validate a feature cache."""
+
+
+@cache.command("validate")
+@click.argument("path", type=click.Path())
+@click.option("--deep", is_flag=True, help="Also scan every value for NaN/inf (reads the whole cache).")
+def validate_command(path: str, deep: bool) -> None:
+    """Check PATH against the cache contract; exit 1 listing every problem."""
+    try:
+        c = validate(path, deep=deep)
+    except CacheValidationError as exc:
+        click.echo(str(exc), err=True)
+        sys.exit(1)
+    except CacheError as exc:
+        _fail(exc)
+    click.echo(f"{path}: valid (schema v{c.schema_version}, {c.n_utterances} utterances, {len(c.feature_names())} feature sets)")
+
+
+def _human(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if n < 1024 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+@cache.command("info")
+@click.argument("path", type=click.Path())
+def info_command(path: str) -> None:
+    """Summarise PATH: utterances per split, and each feature set's shape, coverage and size."""
+    try:
+        c = open_cache(path)
+        split = c.column("split")
+        labels = c.table.label_names or c.table.labels_multi_names
+    except CacheError as exc:
+        _fail(exc)
+    click.echo(f"cache: {path}")
+    click.echo(f"schema v{c.schema_version}, written by emofuse {c.attrs.get('producer_version')}, updated {c.attrs.get('updated')}")
+    names, counts = np.unique(split.astype(str), return_counts=True)
+    click.echo(f"utterances: {c.n_utterances} (" + ", ".join(f"{s or '-'}: {k}" for s, k in zip(names, counts)) + ")")
+    if labels:
+        click.echo(f"labels: {', '.join(labels)}")
+    rows = []
+    for name, fs in c.feature_sets().items():
+        lengths = fs.lengths[fs.present] if fs.present.any() else np.zeros(1)
+        size, files = fs.disk_usage()
+        rows.append(
+            (
+                name,
+                str(fs.dim),
+                fs.dtype,
+                f"{lengths.mean():.1f}",
+                str(int(lengths.max())),
+                f"{fs.present.mean() * 100 if len(fs.present) else 0:.1f}%",
+                str(int(fs.attrs.get("n_failures", 0))),
+                _human(size),
+                str(files),
+            )
+        )
+    header = ("feature set", "dim", "dtype", "mean len", "max len", "coverage", "failures", "on disk", "files")
+    if not rows:
+        click.echo("feature sets: none")
+        return
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
+    line = "  ".join(h.ljust(w) for h, w in zip(header, widths))
+    click.echo(line)
+    click.echo("  ".join("-" * w for w in widths))
+    for r in rows:
+        click.echo("  ".join(v.ljust(w) for v, w in zip(r, widths)))
