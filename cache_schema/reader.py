@@ -1,11 +1,13 @@
 """Reading caches lazily: opening loads only metadata; arrays are read on demand.
 
-Batch reads gather all rows of all requested utterances in ONE zarr call (zarr then fetches
-and decodes the needed chunks concurrently); looping over utterances one zarr call at a
-time costs milliseconds per call and is what this module exists to avoid.
+Batch reads fetch the row ranges of all requested utterances concurrently in one round trip
+on zarr's event loop; looping over utterances one synchronous zarr call at a time costs
+milliseconds per call, and zarr's orthogonal (fancy) indexing was slower still (measured:
+0.50 s vs 0.09 s per 64-utterance batch of 768-d rows).
 """
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 from functools import cached_property
@@ -17,7 +19,7 @@ import zarr
 
 from . import layout as L
 from .errors import CacheError, FeatureSetNotFound, NotACacheError, SchemaVersionError
-from .ragged import pad, rows_for
+from .ragged import pad
 from .table import UtteranceTable
 from .writer import read_table
 
@@ -67,18 +69,29 @@ class FeatureSet:
         return self.values[start:stop]
 
     def rows(self, indices: Sequence[int] | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Concatenated rows of the given utterances (in the given order) and their lengths."""
+        """Concatenated rows of the given utterances (in the given order) and their lengths.
+
+        The utterances' row ranges are sorted, ranges closer than one inner chunk are merged
+        (reading the gap is cheaper than another request), and all ranges are fetched
+        concurrently in one round trip on zarr's event loop.
+        """
         indices = np.asarray(indices, dtype=np.int64)
-        rows, lengths = rows_for(self.offsets, indices)
-        if rows.size == 0:
-            return np.zeros((0, self.dim), dtype=self.values.dtype), lengths
-        order = np.argsort(rows, kind="stable")
-        sorted_rows = rows[order]
-        # One orthogonal selection over sorted unique rows: zarr reads each chunk once.
-        unique_rows, inverse = np.unique(sorted_rows, return_inverse=True)
-        data = self.values.get_orthogonal_selection((unique_rows, slice(None)))
-        flat = np.empty((rows.size, self.dim), dtype=data.dtype)
-        flat[order] = data[inverse]
+        starts, stops = self.offsets[indices], self.offsets[indices + 1]
+        lengths = stops - starts
+        flat = np.empty((int(lengths.sum()), self.dim), dtype=self.values.dtype)
+        if flat.shape[0] == 0:
+            return flat, lengths
+        ranges = _merge_ranges(starts[lengths > 0], stops[lengths > 0], gap=int(self.values.chunks[0]))
+        blocks = _read_ranges(self.values, ranges)
+        range_starts = np.array([r[0] for r in ranges], dtype=np.int64)
+        owner = np.searchsorted(range_starts, starts, side="right") - 1
+        pos = 0
+        for k in range(len(indices)):
+            n = int(lengths[k])
+            if n:
+                lo = int(starts[k] - range_starts[owner[k]])
+                flat[pos : pos + n] = blocks[owner[k]][lo : lo + n]
+                pos += n
         return flat, lengths
 
     def batch(self, indices: Sequence[int] | np.ndarray, max_len: int | None = None, as_torch: bool = False):
@@ -132,6 +145,29 @@ class FeatureSet:
         """(bytes, files) this feature set occupies on disk."""
         files = [f for f in self.directory.rglob("*") if f.is_file()]
         return sum(f.stat().st_size for f in files), len(files)
+
+
+def _merge_ranges(starts: np.ndarray, stops: np.ndarray, gap: int) -> list[tuple[int, int]]:
+    order = np.argsort(starts, kind="stable")
+    merged: list[list[int]] = []
+    for lo, hi in zip(starts[order].tolist(), stops[order].tolist()):
+        if merged and lo <= merged[-1][1] + gap:
+            merged[-1][1] = max(merged[-1][1], hi)
+        else:
+            merged.append([lo, hi])
+    return [(lo, hi) for lo, hi in merged]
+
+
+def _read_ranges(values: zarr.Array, ranges: list[tuple[int, int]]) -> list[np.ndarray]:
+    """Read row ranges concurrently. zarr's sync API would serialise one call per range."""
+    from zarr.core.sync import sync  # zarr's own event loop, shared with its sync API
+
+    async_values = values._async_array
+
+    async def gather():
+        return await asyncio.gather(*(async_values.getitem((slice(lo, hi),)) for lo, hi in ranges))
+
+    return list(sync(gather()))
 
 
 def read_root_attrs(path: str | os.PathLike) -> dict[str, Any]:
