@@ -45,7 +45,7 @@ FEATURE_ATTR_KEYS = (
 FEATURE_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+\-]*$")
 
 # Sizing. Inner chunks are what a random read decodes; shards are what lands on disk as files.
-TARGET_CHUNK_BYTES = 512 * 1024
+TARGET_CHUNK_BYTES = 128 * 1024
 TARGET_SHARD_BYTES = 64 * 1024 * 1024
 
 

@@ -1,0 +1,128 @@
+"""`cmaf`: cross-modal attention feeding adaptive gated fusion (the seed 1 system flowchart).
+
+The flowchart chains Algorithm 1 (cross-modal attention) into Algorithm 2 (adaptive gated
+fusion) and a classification head on a 504-d fused vector. Per modality i among the present
+ones (text / audio / video, any subset):
+
+1. Algorithm 1 generalised to any number of modalities: W_Q^i, W_K^i, W_V^i (input dim ->
+   504 = 12 heads x 42) and, for every ordered pair i -> j of distinct modalities, multi-head
+   attention with i's tokens as queries and j's as keys/values (`fuse.models.cma.CrossModalAttention`),
+   masked-mean pooled over i's tokens. With two modalities this is exactly text <-> audio of
+   Algorithm 1; with one, no attention is computed.
+2. "Attended + raw" representation of i (Algorithm 1 step 31 per modality):
+   r_i = [pooled raw features of i; attended features from every other modality j], where the
+   attended part from a missing j is 0 (its keys are all masked). A per-modality Linear maps r_i
+   to h_i in the common 504-d space; a missing i gives h_i = 0.
+3. Algorithm 2 on h_i and the metadata m (`fuse.models.agf.AdaptiveGatedFusion`): scalar gates,
+   softmax over present modalities (alpha, reported as `gate_weights`), h_fusion + enhanced fusion.
+4. Head: 504 -> 512 -> ReLU -> dropout 0.185 -> n_classes (seed 1 Tables 1-2).
+
+Loss: focal (alpha 1.148, gamma 1.582) for single-label, BCE for multi-label. Training defaults:
+seed 1 Tables 1 and 3 (`CMAFConfig.default_training`). The seed's 7 classes are a dataset property,
+so `n_classes` comes from the data. Attention maps are reported as "<query>_to_<key>",
+e.g. "text_to_audio" (B, heads, T_text, T_audio).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+from torch import nn
+
+from fuse.batch import Batch
+from fuse.models.agf import AdaptiveGatedFusion
+from fuse.models.base import (
+    SEED1_TRAINING,
+    ClassificationHead,
+    ClassifierLossConfig,
+    FusionModel,
+    MetadataEncoder,
+    ModelOutput,
+    TrainingDefaults,
+    masked_mean,
+    stack_present,
+)
+from fuse.models.cma import CrossModalAttention, QueryKeyValueProjection
+
+
+@dataclass
+class CMAFConfig(ClassifierLossConfig):
+    fusion_dim: int = 504  # seed 1 Table 1 "Embedding Dimension", Table 2 fusion output
+    num_heads: int = 12  # seed 1 Table 1
+    dropout: float = 0.185  # seed 1 Table 1
+    hidden_size: int = 512  # seed 1 Table 1
+    attention_dropout: float = 0.0
+    metadata_embedding_dim: int = 16
+    metadata_numeric_dim: int = 16
+    gate_temperature: float = 1.0
+    output_attentions: bool = True
+
+    default_training: ClassVar[TrainingDefaults] = SEED1_TRAINING
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.fusion_dim % self.num_heads:
+            raise ValueError(f"fusion_dim ({self.fusion_dim}) must be divisible by num_heads ({self.num_heads})")
+
+
+class CMAFModel(FusionModel):
+    """Cross-modal attention + adaptive gated fusion (seed 1 flowchart); see module docstring."""
+
+    config_class = CMAFConfig
+
+    def __init__(self, config: CMAFConfig, input_dims, n_classes, task, metadata=None):
+        super().__init__(config, input_dims, n_classes, task, metadata)
+        names = self.modality_names
+        head_dim = config.fusion_dim // config.num_heads
+        if len(names) > 1:
+            self.projections = nn.ModuleDict(
+                {m: QueryKeyValueProjection(self.input_dims[m], config.num_heads, head_dim) for m in names}
+            )
+            self.cross_attention = CrossModalAttention(config.attention_dropout)
+        n_partners = len(names) - 1
+        self.modality_projections = nn.ModuleDict(
+            {m: nn.Linear(self.input_dims[m] + n_partners * config.fusion_dim, config.fusion_dim) for m in names}
+        )
+        self.metadata_encoder = MetadataEncoder(metadata, config.metadata_embedding_dim, config.metadata_numeric_dim)
+        self.gated_fusion = AdaptiveGatedFusion(
+            len(names), config.fusion_dim, self.metadata_encoder.output_dim, config.gate_temperature
+        )
+        self.head = ClassificationHead(config.fusion_dim, config.hidden_size, n_classes, config.dropout)
+        self.register_class_weights(config.class_weights)
+
+    def forward(self, batch: Batch) -> ModelOutput:
+        inputs = self.modality_inputs(batch)
+        names = self.modality_names
+        masks = {m: inputs[m].mask.bool() for m in names}
+        present = stack_present(inputs, names)
+        projected = {m: self.projections[m](inputs[m].values) for m in names} if len(names) > 1 else {}
+
+        attentions = {}
+        features = []
+        for query_modality in names:
+            parts = [masked_mean(inputs[query_modality].values, masks[query_modality])]
+            for key_modality in names:
+                if key_modality == query_modality:
+                    continue
+                query, _, _ = projected[query_modality]
+                _, key, value = projected[key_modality]
+                attended, weights = self.cross_attention(
+                    query, key, value, key_mask=masks[key_modality], query_mask=masks[query_modality]
+                )
+                parts.append(masked_mean(attended, masks[query_modality]))
+                if self.config.output_attentions:
+                    attentions[f"{query_modality}_to_{key_modality}"] = weights
+            features.append(self.modality_projections[query_modality](torch.cat(parts, dim=-1)))
+        features = torch.stack(features, dim=1) * present.unsqueeze(-1).to(features[0].dtype)
+
+        fused, alpha = self.gated_fusion(features, present, self.metadata_encoder(batch))
+        logits = self.head(fused)
+        return self.output_with_loss(
+            logits,
+            batch,
+            attentions=attentions,
+            gate_weights=alpha,
+            modality_names=names,
+            fused=fused,
+        )
