@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+from contextlib import contextmanager
 from functools import cached_property
 from pathlib import Path
 from typing import Any, Iterator, Sequence
@@ -18,7 +19,8 @@ import numpy as np
 import zarr
 
 from . import layout as L
-from .errors import CacheError, FeatureSetNotFound, NotACacheError, SchemaVersionError
+from .errors import CacheError, FeatureSetNotFound, NotACacheError
+from .root import read_root_attrs
 from .ragged import pad
 from .table import UtteranceTable
 from .writer import read_table
@@ -30,11 +32,38 @@ class FeatureSet:
     def __init__(self, name: str, directory: Path):
         self.name = name
         self.directory = Path(directory)
-        self.group = zarr.open_group(str(directory), mode="r")
-        self.attrs: dict[str, Any] = dict(self.group.attrs)
-        self.values: zarr.Array = self.group[L.VALUES]
-        self.dim = int(self.values.shape[1])
-        self.dtype = str(self.values.dtype)
+        # A replacement swaps the folder at this path; its inode tells us it happened.
+        self._inode = os.stat(self.directory).st_ino
+        with self._reading():
+            self.group = zarr.open_group(str(directory), mode="r")
+            self.attrs: dict[str, Any] = dict(self.group.attrs)
+            self.values: zarr.Array = self.group[L.VALUES]
+            self.dim = int(self.values.shape[1])
+            self.dtype = str(self.values.dtype)
+
+    @contextmanager
+    def _reading(self) -> Iterator[None]:
+        """Turn any failure into a CacheError naming the set, and refuse reads that a
+        replacement of the set could have mixed (checked before and after the read)."""
+        self._check_not_replaced()
+        try:
+            yield
+        except CacheError:
+            raise
+        except Exception as exc:
+            raise CacheError(f"{self.directory}: feature set {self.name!r} cannot be read ({type(exc).__name__}: {exc})") from exc
+        self._check_not_replaced()
+
+    def _check_not_replaced(self) -> None:
+        try:
+            inode = os.stat(self.directory).st_ino
+        except FileNotFoundError:
+            inode = None
+        if inode != self._inode:
+            raise CacheError(
+                f"{self.directory}: feature set {self.name!r} was replaced or deleted after it was opened; "
+                "reopen the cache (Cache.refresh()) to read the new one"
+            )
 
     def __repr__(self) -> str:
         return f"FeatureSet({self.name!r}, dim={self.dim}, dtype={self.dtype}, utterances={len(self)})"
@@ -44,11 +73,13 @@ class FeatureSet:
 
     @cached_property
     def offsets(self) -> np.ndarray:
-        return self.group[L.OFFSETS][...]
+        with self._reading():
+            return self.group[L.OFFSETS][...]
 
     @cached_property
     def present(self) -> np.ndarray:
-        return self.group[L.PRESENT][...]
+        with self._reading():
+            return self.group[L.PRESENT][...]
 
     @property
     def lengths(self) -> np.ndarray:
@@ -66,7 +97,8 @@ class FeatureSet:
     def get(self, index: int) -> np.ndarray:
         """The (T, dim) array of utterance `index` (T = 0 when missing)."""
         start, stop = self.offsets[index], self.offsets[index + 1]
-        return self.values[start:stop]
+        with self._reading():
+            return self.values[start:stop]
 
     def rows(self, indices: Sequence[int] | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Concatenated rows of the given utterances (in the given order) and their lengths.
@@ -82,7 +114,8 @@ class FeatureSet:
         if flat.shape[0] == 0:
             return flat, lengths
         ranges = _merge_ranges(starts[lengths > 0], stops[lengths > 0], gap=int(self.values.chunks[0]))
-        blocks = _read_ranges(self.values, ranges)
+        with self._reading():
+            blocks = _read_ranges(self.values, ranges)
         range_starts = np.array([r[0] for r in ranges], dtype=np.int64)
         owner = np.searchsorted(range_starts, starts, side="right") - 1
         pos = 0
@@ -112,7 +145,14 @@ class FeatureSet:
     def block(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
         """Values of utterances start..stop-1 as one contiguous read, with offsets from 0."""
         lo, hi = int(self.offsets[start]), int(self.offsets[stop])
-        return self.values[lo:hi], self.offsets[start : stop + 1] - lo
+        with self._reading():
+            values = self.values[lo:hi]
+        return values, self.offsets[start : stop + 1] - lo
+
+    def block_rows(self, lo: int, hi: int) -> np.ndarray:
+        """Raw rows lo..hi-1 of `values`, regardless of utterance boundaries."""
+        with self._reading():
+            return self.values[lo:hi]
 
     def iter_blocks(self, target_rows: int | None = None) -> Iterator[tuple[int, int]]:
         """(start, stop) utterance ranges of about one shard of rows each, for streaming."""
@@ -132,10 +172,11 @@ class FeatureSet:
         return da.from_zarr(self.values, chunks=(self.shard_rows, self.dim))
 
     def failures(self) -> list[dict[str, Any]]:
-        if L.FAILURES not in self.group:
-            return []
-        fg = self.group[L.FAILURES]
-        cols = {c: fg[c][...] for c in L.FAILURE_COLUMNS}
+        with self._reading():
+            if L.FAILURES not in self.group:
+                return []
+            fg = self.group[L.FAILURES]
+            cols = {c: fg[c][...] for c in L.FAILURE_COLUMNS}
         return [
             {"feature_set": self.name, **{c: (int(cols[c][i]) if c == "row" else str(cols[c][i])) for c in L.FAILURE_COLUMNS}}
             for i in range(len(cols["row"]))
@@ -170,40 +211,16 @@ def _read_ranges(values: zarr.Array, ranges: list[tuple[int, int]]) -> list[np.n
     return list(sync(gather()))
 
 
-def read_root_attrs(path: str | os.PathLike) -> dict[str, Any]:
-    """The cache's root attributes, with clear errors for non-caches and unknown versions."""
-    path = Path(path)
-    meta_file = path / "zarr.json"
-    if not path.exists():
-        raise NotACacheError(f"{path}: no such cache (path does not exist)")
-    if not meta_file.is_file():
-        raise NotACacheError(f"{path}: not an emofuse cache (no zarr.json; is this the right path?)")
-    try:
-        meta = json.loads(meta_file.read_text())
-    except ValueError as exc:
-        raise NotACacheError(f"{path}: zarr.json is not valid JSON ({exc})") from None
-    attrs = meta.get("attributes", {}).get(L.ROOT_ATTR)
-    if not isinstance(attrs, dict):
-        raise NotACacheError(f"{path}: a Zarr group but not an emofuse cache (no '{L.ROOT_ATTR}' attribute)")
-    version = attrs.get("schema_version")
-    if not isinstance(version, int):
-        raise NotACacheError(f"{path}: schema_version {version!r} is not an integer")
-    if version not in L.KNOWN_SCHEMA_VERSIONS:
-        newer = version > max(L.KNOWN_SCHEMA_VERSIONS)
-        hint = "upgrade emofuse to read it" if newer else "it predates this emofuse"
-        raise SchemaVersionError(
-            f"{path}: cache schema version {version} is not supported (this emofuse reads {list(L.KNOWN_SCHEMA_VERSIONS)}); {hint}"
-        )
-    return attrs
-
-
 class Cache:
     """An opened cache. Cheap to open: nothing but metadata is read until asked for."""
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)
         self.attrs = read_root_attrs(self.path)
-        self.root = zarr.open_group(str(self.path), mode="r")
+        try:
+            self.root = zarr.open_group(str(self.path), mode="r")
+        except Exception as exc:
+            raise NotACacheError(f"{self.path}: cannot open the cache ({type(exc).__name__}: {exc})") from exc
         self._feature_sets: dict[str, FeatureSet] = {}
 
     def __repr__(self) -> str:
@@ -213,20 +230,32 @@ class Cache:
     def schema_version(self) -> int:
         return int(self.attrs["schema_version"])
 
+    @contextmanager
+    def _reading_table(self) -> Iterator[None]:
+        try:
+            yield
+        except CacheError:
+            raise
+        except Exception as exc:
+            raise CacheError(f"{self.path}: the utterance table cannot be read ({type(exc).__name__}: {exc})") from exc
+
     @property
     def n_utterances(self) -> int:
-        return int(self.root[L.UTTERANCES].attrs["n"])
+        with self._reading_table():
+            return int(self.root[L.UTTERANCES].attrs["n"])
 
     @cached_property
     def table(self) -> UtteranceTable:
-        return read_table(self.root[L.UTTERANCES])
+        with self._reading_table():
+            return read_table(self.root[L.UTTERANCES])
 
     def column(self, name: str) -> np.ndarray:
         """One utterance-table column, without loading the others."""
-        group = self.root[L.UTTERANCES]
-        if name not in group:
-            raise CacheError(f"{self.path}: utterance table has no column {name!r}")
-        data = group[name][...]
+        with self._reading_table():
+            group = self.root[L.UTTERANCES]
+            if name not in group:
+                raise CacheError(f"{self.path}: utterance table has no column {name!r}")
+            data = group[name][...]
         return np.asarray(data, dtype=object) if data.dtype.kind in "UTO" else data
 
     def feature_names(self) -> list[str]:

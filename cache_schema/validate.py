@@ -26,14 +26,16 @@ def validate(path: str | os.PathLike, deep: bool = False) -> Cache:
     """
     cache = Cache(path)  # raises the one-line errors for non-caches and versions
     problems: list[str] = []
-    n = _check_table(cache, problems)
+    try:
+        n = _check_table(cache, problems)
+    except Exception as exc:  # an unreadable file is a problem to list, not a crash
+        problems.append(f"utterances: cannot be read ({type(exc).__name__}: {exc})")
+        n = None
     for name in cache.feature_names():
         try:
-            fs = cache[name]
-        except Exception as exc:  # unreadable metadata: report and keep going
-            problems.append(f"feature set {name!r}: cannot be opened ({exc})")
-            continue
-        _check_feature_set(fs, n, problems, deep)
+            _check_feature_set(cache[name], n, problems, deep)
+        except Exception as exc:
+            problems.append(f"feature set {name!r}: cannot be read ({exc})")
     if problems:
         raise CacheValidationError(str(Path(path)), problems)
     return cache
@@ -136,14 +138,27 @@ def _check_feature_set(fs: FeatureSet, n: int | None, problems: list[str], deep:
         lens = {c: fg[c].shape[0] for c in L.FAILURE_COLUMNS if c in fg}
         if len(lens) != len(L.FAILURE_COLUMNS) or len(set(lens.values())) > 1:
             problems.append(f"{where}: failures columns inconsistent: {lens}")
+    _check_shard_files(fs, problems)
     if deep and not problems:
         _scan_values(fs, problems)
+
+
+def _check_shard_files(fs: FeatureSet, problems: list[str]) -> None:
+    """Every shard holding rows must exist on disk: a missing one would read as fill values."""
+    rows = fs.values.shape[0]
+    if rows == 0:
+        return
+    folder = fs.directory / L.VALUES / "c"
+    for k in range(-(-rows // fs.shard_rows)):
+        shard = folder / str(k) / "0"
+        if not shard.is_file() or shard.stat().st_size == 0:
+            problems.append(f"feature set {fs.name!r}: values shard file {shard} is missing or empty (rows {k * fs.shard_rows}..)")
 
 
 def _scan_values(fs: FeatureSet, problems: list[str]) -> None:
     step = fs.shard_rows
     for lo in range(0, fs.values.shape[0], step):
-        block = fs.values[lo : lo + step]
+        block = fs.block_rows(lo, lo + step)
         bad = ~np.isfinite(block).all(axis=1)
         if bad.any():
             row = lo + int(np.argmax(bad))

@@ -10,9 +10,12 @@ extraction runs on one cache serialise instead of interleaving.
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import errno
 import fcntl
 import json
 import os
+import re
 import shutil
 import uuid
 from datetime import datetime, timezone
@@ -25,6 +28,7 @@ import zarr
 from . import layout as L
 from .errors import CacheError, NotACacheError
 from .ragged import lengths_to_offsets
+from .root import read_root_attrs
 from .table import STRING_COLUMNS, UtteranceTable
 
 
@@ -89,16 +93,93 @@ def _touch_root(root: zarr.Group) -> None:
     root.attrs[L.ROOT_ATTR] = meta
 
 
+_RENAME_EXCHANGE = 2  # linux/fs.h
+_AT_FDCWD = -100
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Atomically swap two paths with renameat2(RENAME_EXCHANGE); False where unsupported."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    if renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+        return False  # file system without exchange support
+    raise OSError(err, os.strerror(err), str(b))
+
+
 def _swap_in(staging: Path, target: Path, trash_dir: Path) -> None:
-    """Rename `staging` to `target`, moving any existing target aside first."""
-    old = None
-    if target.exists():
-        trash_dir.mkdir(parents=True, exist_ok=True)
-        old = trash_dir / f"{target.name}-{uuid.uuid4().hex[:8]}"
-        os.rename(target, old)
+    """Make `staging` the content of `target` in one atomic step.
+
+    A new target is one rename. An existing target is exchanged with the staging folder in
+    one renameat2 call, so there is no moment without a `target`; the old content, now at
+    the staging path, is deleted afterwards. On file systems without RENAME_EXCHANGE the
+    old target is first renamed into `trash_dir` (a short window without a target, which
+    the next writer repairs if the process died in it; see `_remove_stale`).
+    """
+    if not target.exists():
+        os.rename(staging, target)
+        return
+    if _exchange(staging, target):
+        shutil.rmtree(staging, ignore_errors=True)
+        return
+    trash_dir.mkdir(parents=True, exist_ok=True)
+    old = trash_dir / f"{target.name}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    os.rename(target, old)
     os.rename(staging, target)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _staging_name(label: str) -> str:
+    """Staging entries carry their writer's pid, so leftovers of dead writers can be removed."""
+    return f"{label}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+
+_STAGING_PID = re.compile(r"-(\d+)-[0-9a-f]{8}(\.tmp-[0-9a-f]{8})?$")  # see _staging_name, FeaturePartWriter
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _remove_stale(cache: Path) -> None:
+    """Tidy up after writers that died (call with the lock held, so no writer is mid-swap).
+
+    Staging entries of dead processes are deleted (live ones may be parts still being
+    written). A trash entry whose target is missing is a swap interrupted between its two
+    renames: it is renamed back. Any other trash entry is deleted.
+    """
+    staging = cache / L.STAGING
+    if staging.is_dir():
+        for entry in staging.iterdir():
+            match = _STAGING_PID.search(entry.name)
+            if match is None or not _pid_alive(int(match.group(1))):
+                shutil.rmtree(entry, ignore_errors=True)
+    trash = cache / L.TRASH
+    if trash.is_dir():
+        for entry in trash.iterdir():
+            label = entry.name.rsplit("-", 2)[0]
+            target = cache / L.UTTERANCES if label == L.UTTERANCES else cache / L.FEATURES / label
+            if not target.exists() and (entry / "zarr.json").is_file():
+                os.rename(entry, target)
+            else:
+                shutil.rmtree(entry, ignore_errors=True)
+
+
+def _check_writable(path: Path) -> None:
+    """Refuse to write into a cache of a schema version this code does not know."""
+    if is_cache(path):
+        read_root_attrs(path)
 
 
 def is_cache(path: str | os.PathLike) -> bool:
@@ -120,7 +201,9 @@ def create_cache(path: str | os.PathLike, table: UtteranceTable) -> None:
     path = Path(path)
     if path.exists() and any(path.iterdir()) and not is_cache(path):
         raise NotACacheError(f"{path}: exists and is not an emofuse cache; refusing to write into it")
+    _check_writable(path)
     with cache_lock(path):
+        _remove_stale(path)
         if not is_cache(path):
             root = zarr.open_group(str(path), mode="a")
             root.attrs[L.ROOT_ATTR] = {
@@ -134,6 +217,7 @@ def create_cache(path: str | os.PathLike, table: UtteranceTable) -> None:
 
 
 def write_utterances(path: str | os.PathLike, table: UtteranceTable) -> None:
+    _check_writable(Path(path))
     with cache_lock(path):
         _write_utterances_locked(Path(path), table)
 
@@ -177,7 +261,7 @@ def _write_utterances_locked(path: Path, table: UtteranceTable) -> None:
         table = merged_table(old, table)
         if table is old:
             return  # nothing new: leave the files (and their mtimes) alone
-    staging = path / L.STAGING / f"{L.UTTERANCES}-{uuid.uuid4().hex[:8]}"
+    staging = path / L.STAGING / _staging_name(L.UTTERANCES)
     _write_table_group(zarr.open_group(str(staging), mode="w"), table)
     _swap_in(staging, path / L.UTTERANCES, path / L.TRASH)
     _touch_root(zarr.open_group(str(path), mode="a"))
@@ -207,11 +291,15 @@ class FeaturePartWriter:
             array = array[None, :]
         if array.ndim != 2 or array.shape[1] != self.dim:
             raise CacheError(f"row {row}: expected a (T, {self.dim}) array, got shape {array.shape}")
-        if not np.isfinite(array).all():
-            raise CacheError(f"row {row}: array has NaN or infinite values")
         if array.shape[0] == 0:
             raise CacheError(f"row {row}: empty array; record a failure instead")
-        self._arrays[row] = array.astype(self.dtype, copy=False)
+        if not np.isfinite(array).all():
+            raise CacheError(f"row {row}: array has NaN or infinite values")
+        with np.errstate(over="ignore"):
+            stored = array.astype(self.dtype, copy=False)
+        if not np.isfinite(stored).all():  # finite in float32, overflowed in float16
+            raise CacheError(f"row {row}: values exceed the {self.dtype} range (max {np.finfo(self.dtype).max:g}); store as float32")
+        self._arrays[row] = stored
 
     def fail(self, row: int, utterance_id: str, file: str, reason: str) -> None:
         self._check_row(row)
@@ -289,13 +377,21 @@ class _ShardAlignedAppender:
 def _create_values(group: zarr.Group, total_rows: int, dim: int, dtype: str, compression: str | None) -> tuple[zarr.Array, int]:
     inner, shard = L.chunk_rows(dim, dtype)
     shard = max(inner, min(shard, -(-max(total_rows, 1) // inner) * inner))  # no shard larger than the data
-    compressors = None
+    # Every inner chunk carries a CRC32C, so a flipped bit is an error rather than a new value;
+    # NaN as the fill value makes a missing shard file visible instead of reading as zeros.
+    compressors: list = [zarr.codecs.Crc32cCodec()]
     if compression == "zstd":
-        compressors = [zarr.codecs.ZstdCodec(level=1)]
+        compressors.insert(0, zarr.codecs.ZstdCodec(level=1))
     elif compression not in (None, "none"):
         raise CacheError(f"unknown compression {compression!r} (use 'none' or 'zstd')")
     arr = group.create_array(
-        L.VALUES, shape=(total_rows, dim), dtype=dtype, chunks=(inner, dim), shards=(shard, dim), compressors=compressors
+        L.VALUES,
+        shape=(total_rows, dim),
+        dtype=dtype,
+        chunks=(inner, dim),
+        shards=(shard, dim),
+        compressors=compressors,
+        fill_value=np.nan,
     )
     return arr, shard
 
@@ -327,6 +423,7 @@ def merge_parts(
         raise CacheError(f"invalid feature-set name {name!r}")
     if not is_cache(cache):
         raise NotACacheError(f"{cache}: not an emofuse cache (create it with the utterance table first)")
+    _check_writable(cache)
     groups = sorted((zarr.open_group(str(p), mode="r") for p in parts), key=lambda g: g.attrs["row_start"])
     n = int(zarr.open_group(str(cache / L.UTTERANCES), mode="r").attrs["n"])
     _check_coverage(groups, n, name)
@@ -342,7 +439,8 @@ def merge_parts(
     failures = [f for g in groups for f in g.attrs["failures"]]
 
     with cache_lock(cache):
-        staging = cache / L.STAGING / f"{name}-{uuid.uuid4().hex[:8]}"
+        _remove_stale(cache)
+        staging = cache / L.STAGING / _staging_name(name)
         group = zarr.open_group(str(staging), mode="w")
         offsets = lengths_to_offsets(lengths)
         values, shard_rows = _create_values(group, int(offsets[-1]), dim, dtype, compression)
@@ -403,7 +501,8 @@ def write_feature_set(
         if first is None:
             raise CacheError(f"feature set {name!r}: every utterance is missing; pass dim explicitly")
         dim = int(np.asarray(first).reshape(len(first), -1).shape[1])
-    part_path = cache / L.STAGING / f"part-{name}-{uuid.uuid4().hex[:8]}"
+    _check_writable(cache)
+    part_path = cache / L.STAGING / _staging_name(f"part-{name}")
     writer = FeaturePartWriter(part_path, 0, len(arrays), dim, dtype)
     for row, arr in enumerate(arrays):
         if arr is not None:
@@ -419,11 +518,12 @@ def write_feature_set(
 
 def delete_feature_set(cache: str | os.PathLike, name: str) -> None:
     cache = Path(cache)
+    _check_writable(cache)
     with cache_lock(cache):
         target = cache / L.FEATURES / name
         if not target.exists():
             raise CacheError(f"{cache}: no feature set {name!r}")
-        trash = cache / L.TRASH / f"{name}-{uuid.uuid4().hex[:8]}"
+        trash = cache / L.TRASH / _staging_name(name)
         trash.parent.mkdir(exist_ok=True)
         os.rename(target, trash)
         shutil.rmtree(trash, ignore_errors=True)
