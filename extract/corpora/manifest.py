@@ -19,7 +19,9 @@ as a number, else string. Columns that would clash with columns the adapter writ
 error rather than being silently overwritten.
 
 The format is chosen by extension: .csv (comma), .tsv (tab), .jsonl/.ndjson (one JSON object
-per line, blank lines skipped). Files are read as UTF-8 (a BOM is accepted).
+per line, blank lines skipped). Files are read as UTF-8 (a BOM is accepted). CSV is parsed in
+the csv module's strict mode: an unbalanced quote is an error naming the line where the record
+starts, never a cell that silently swallows the rest of the file.
 """
 from __future__ import annotations
 
@@ -187,8 +189,11 @@ def _read_rows(manifest: Path) -> tuple[list[tuple[str, dict[str, Any]]], list[s
 
 
 def _read_csv(manifest: Path, handle, delimiter: str):
-    reader = csv.reader(handle, delimiter=delimiter)
-    header = next(reader, None)
+    # strict: an unbalanced quote is an error ("unexpected end of data") instead of a quoted
+    # cell that silently swallows every following row.
+    reader = csv.reader(handle, delimiter=delimiter, strict=True)
+    records = _csv_records(manifest, reader)
+    header = next(records, None)
     if header is None:
         raise CorpusError(f"{manifest}: empty file, expected a header row")
     if any(not name.strip() for name in header):
@@ -197,7 +202,7 @@ def _read_csv(manifest: Path, handle, delimiter: str):
     if duplicates:
         raise CorpusError(f"{manifest}: duplicate column name(s) {duplicates}")
     rows = []
-    for fields in reader:
+    for fields in records:
         where = f"line {reader.line_num}"
         if not fields or (len(fields) == 1 and not fields[0].strip() and len(header) > 1):
             continue  # blank line
@@ -205,6 +210,21 @@ def _read_csv(manifest: Path, handle, delimiter: str):
             raise CorpusError(f"{manifest} {where}: {len(fields)} fields but the header has {len(header)}")
         rows.append((where, dict(zip(header, fields))))
     return rows, list(header)
+
+
+def _csv_records(manifest: Path, reader):
+    """The reader's records; a csv.Error becomes a CorpusError naming the line the record starts on."""
+    while True:
+        first_line = reader.line_num + 1
+        try:
+            fields = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as err:
+            problem = ("a quoted field opened in this record is never closed" if "unexpected end of data" in str(err)
+                       else "unreadable CSV")
+            raise CorpusError(f"{manifest} line {first_line}: {problem} (csv: {err})") from err
+        yield fields
 
 
 def _read_jsonl(manifest: Path, handle):

@@ -13,7 +13,8 @@ Choices made where MELD itself is loose:
   would lose every utterance. The fraction is read as a decimal fraction, so the one train
   row with a two-digit fraction ("00:06:47,28") reads as 407.28 s.
 - Empty or whitespace-only utterances are kept: text extraction records them as failures,
-  which keeps row order and counts identical to the CSVs.
+  which keeps row order and counts identical to the CSVs. A split CSV without any row (header
+  only) is an error naming the file, as is an unbalanced quote (the CSV is read in strict mode).
 - A clip absent on disk keeps its row with audio_path/video_path "" and a reason in
   `media_missing_reason` (MELD's own release lacks a few clips, e.g. train dia125_utt3).
   MELD ships audio inside the mp4, so audio_path is the clip itself unless `audio_pattern`
@@ -203,16 +204,29 @@ def _read_split(
 ) -> list[dict[str, Any]]:
     try:
         with open(csv_file, encoding="utf-8-sig", newline="") as handle:
-            reader = csv.DictReader(handle)
+            # strict: an unbalanced quote is named as such, not discovered later as empty cells
+            reader = csv.DictReader(handle, strict=True)
             header = reader.fieldnames or []
             missing = [c for c in REQUIRED_CSV_COLUMNS if c not in header]
             if missing:
                 raise CorpusError(f"{csv_file}: missing column(s) {missing}; header is {header}")
-            rows = list(reader)
+            rows = []
+            while True:
+                first_line = reader.line_num + 1
+                try:
+                    rows.append(next(reader))
+                except StopIteration:
+                    break
+                except csv.Error as err:
+                    problem = ("a quoted field opened in this record is never closed"
+                               if "unexpected end of data" in str(err) else "unreadable CSV")
+                    raise CorpusError(f"{csv_file} line {first_line}: {problem} (csv: {err})") from err
     except UnicodeDecodeError as err:
         raise CorpusError(f"{csv_file}: not valid UTF-8 ({err})") from err
     except csv.Error as err:
         raise CorpusError(f"{csv_file}: unreadable CSV ({err})") from err
+    if not rows:
+        raise CorpusError(f"{csv_file}: no utterances (header row only)")
 
     records = []
     seen: dict[str, int] = {}

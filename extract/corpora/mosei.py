@@ -209,6 +209,9 @@ def load_mosei_csd(
 ) -> UtteranceTable:
     """One row per labelled segment of the labels file, in file order (videos, then segments).
 
+    A labels file without any segment (or whose every video is dropped) is a CorpusError, as
+    are labels or intervals that are not numbers.
+
     words_file: None to leave text empty on purpose (a named file that is absent is an error).
     folds: path of a folds file (see `read_folds`); videos it does not list are an error, or
     dropped with unassigned_videos="drop". Without folds, `hash_split` with split_fractions.
@@ -247,6 +250,9 @@ def load_mosei_csd(
         if words is not None:
             words.close()
 
+    if not records:
+        dropped_note = f" (every video, {len(dropped)}, was dropped: not in folds file {folds})" if dropped else ""
+        raise CorpusError(f"{labels_path}: no labelled segments{dropped_note}")
     seen: dict[str, int] = {}
     for i, record in enumerate(records):
         if record["id"] in seen:
@@ -275,6 +281,9 @@ def _video_records(
     where = f"{labels.path} video {video!r}"
     if values.ndim != 2 or values.shape[1] != 1 + len(MOSEI_EMOTIONS):
         raise CorpusError(f"{where}: labels have shape {values.shape}, expected (n, 7): sentiment + {MOSEI_EMOTIONS}")
+    for name, array in (("labels", values), ("intervals", intervals)):
+        if not np.issubdtype(array.dtype, np.number):
+            raise CorpusError(f"{where}: {name} are {array.dtype}, expected numbers")
     values = values.astype(np.float64)
     if not np.isfinite(values).all() or not np.isfinite(intervals).all():
         bad = int(np.flatnonzero(~(np.isfinite(values).all(1) & np.isfinite(intervals).all(1)))[0])

@@ -16,7 +16,9 @@ Choices:
 * Texts longer than ``max_length`` (512) word-pieces are truncated (the tail is dropped); the
   item's ``info`` records ``truncated`` and ``n_tokens_untruncated`` and ``run_stats`` counts
   truncated utterances. Text is passed to the tokenizer as given (it lowercases if uncased).
-* Empty or whitespace-only text is an error for that utterance (EncoderInputError).
+* Empty or whitespace-only text is an error for that utterance (EncoderInputError), and so is
+  text the tokenizer reduces to special tokens only (zero-width spaces, BOM, control characters):
+  "no tokens after tokenisation".
 """
 from __future__ import annotations
 
@@ -114,7 +116,13 @@ class HFTextEncoder(TorchEncoderMixin, Encoder):
         text = utterance_field(utterance, "text")
         if not isinstance(text, str) or not text.strip():
             raise EncoderInputError(utterance_id, f"empty text ({text!r})")
-        full_length = len(self.tokenizer(text, add_special_tokens=True, truncation=False, verbose=False)["input_ids"])
+        untruncated = self.tokenizer(text, add_special_tokens=True, truncation=False, verbose=False,
+                                     return_special_tokens_mask=True)
+        full_length = len(untruncated["input_ids"])
+        # Zero-width spaces, a BOM or control characters pass the strip() check above but the
+        # tokenizer's normaliser drops them: only [CLS][SEP] would be left. ([UNK] counts as a token.)
+        if full_length - sum(untruncated["special_tokens_mask"]) == 0:
+            raise EncoderInputError(utterance_id, f"no tokens after tokenisation ({text!r})")
         encoding = self.tokenizer(text, add_special_tokens=True, truncation=True, max_length=self.max_length)
         kept = len(encoding["input_ids"])
         info = {"n_tokens": kept, "n_tokens_untruncated": full_length, "truncated": full_length > kept}

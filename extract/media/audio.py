@@ -22,6 +22,15 @@ Choices (the seeds only say "Wav2Vec 2.0 at 16,000 Hz"):
   (annotations that overshoot by a few frames are normal; a wrong time base is not).
 * Bad data is rejected, not repaired: NaN or infinite samples raise MediaError("NaN samples"
   / "infinite samples") instead of being zeroed.
+* Truncated WAV files: PCM has no framing, so FFmpeg decodes a WAV that was cut short without
+  any error, and when the data-chunk size in the RIFF header points past the end of the file
+  it estimates the duration from the file size instead (PyAV's ``stream.duration`` then agrees
+  with the short waveform). We therefore read the 8-byte RIFF chunk headers ourselves (the
+  stdlib ``wave`` module only reads integer PCM) and, when decoding runs into the end of the
+  file, raise MediaError("truncated file: header promises X samples, found Y"). Segments that
+  end before the cut decode normally. Streamed WAVs that leave the size unknown (0 or
+  0xFFFFFFFF) are not checked. Other containers frame their data (FLAC frames, MP4 packets),
+  and a cut there surfaces as an "audio decode error".
 
 Compressed tracks (AAC in MP4) can carry a few milliseconds of encoder padding at the end;
 we keep every decoded sample, as FFmpeg returns them.
@@ -65,6 +74,46 @@ def _check_finite(path: str, block: np.ndarray) -> None:
         raise MediaError(path, "NaN samples" if np.isnan(block).any() else "infinite samples")
 
 
+def _wav_sample_counts(path: str) -> tuple[int, int] | None:
+    """(samples the data-chunk size promises, samples the file holds) of a RIFF WAV, else None.
+
+    Samples are per channel (frames). None for other formats, RF64, and WAVs whose data size
+    is unknown. Reads only chunk headers (a few dozen bytes for an ordinary WAV).
+    """
+    file_size = os.path.getsize(path)
+    with open(path, "rb") as handle:
+        head = handle.read(12)
+        if len(head) < 12 or head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+            return None
+        block_align = None
+        for _ in range(64):  # a WAV has a handful of chunks before "data"
+            chunk = handle.read(8)
+            if len(chunk) < 8:
+                return None
+            chunk_id, size = chunk[:4], int.from_bytes(chunk[4:], "little")
+            if chunk_id == b"fmt ":
+                fmt = handle.read(min(size, 16))
+                if len(fmt) < 14:
+                    return None
+                block_align = int.from_bytes(fmt[12:14], "little")  # bytes per frame, all channels
+                handle.seek(size - len(fmt) + (size & 1), os.SEEK_CUR)
+            elif chunk_id == b"data":
+                if not block_align or size in (0, 0xFFFFFFFF):  # streamed WAV: length never written
+                    return None
+                present = max(0, file_size - handle.tell())
+                return size // block_align, min(size, present) // block_align
+            else:
+                handle.seek(size + (size & 1), os.SEEK_CUR)  # chunks are padded to even sizes
+    return None
+
+
+def _check_not_truncated(path: str) -> None:
+    """MediaError if the file's header promises more samples than the file holds (WAV only)."""
+    counts = _wav_sample_counts(path)
+    if counts is not None and counts[1] < counts[0]:
+        raise MediaError(path, f"truncated file: header promises {counts[0]} samples, found {counts[1]}")
+
+
 def _open_audio(path: str):
     try:
         container = av.open(path)
@@ -92,7 +141,8 @@ class _MonoBlocks:
     """Decode one audio track into native-rate mono float32 blocks covering [start, end).
 
     ``sample_rate`` is known after construction; iterate to get the blocks. After iteration
-    ``decoded_end_seconds`` is where the decoded audio stopped (file end or ``end``).
+    ``decoded_end_seconds`` is where the decoded audio stopped (file end or ``end``) and
+    ``reached_file_end`` says whether decoding ran out of file before ``end``.
     """
 
     def __init__(self, path: str, start: float | None, end: float | None):
@@ -105,6 +155,7 @@ class _MonoBlocks:
         if self.sample_rate <= 0:
             raise MediaError(path, "audio stream has no sample rate")
         self.decoded_end_seconds = 0.0
+        self.reached_file_end = False
 
     def _frames(self, seek: bool) -> Iterator[tuple[int | None, av.AudioFrame]]:
         """Yield (first sample index or None if unknown, frame)."""
@@ -131,6 +182,7 @@ class _MonoBlocks:
         seek = self.start >= _SEEK_THRESHOLD_SECONDS
         frames = self._frames(seek)
         position = None  # sample index of the next decoded sample
+        self.reached_file_end = True  # unless the loop stops at ``end`` below
         for first, frame in frames:
             if position is None:
                 if seek and (first is None or first > start_sample):
@@ -154,6 +206,7 @@ class _MonoBlocks:
                 _check_finite(self.path, block)
                 yield block
             if end_sample is not None and position >= end_sample:
+                self.reached_file_end = False
                 break
         frames.close()
         self.decoded_end_seconds = (position or 0) / rate if end_sample is None else min(position or 0, end_sample) / rate
@@ -169,7 +222,9 @@ def _validate_segment(path: str, start: float | None, end: float | None) -> None
 
 
 def _check_segment_end(path: str, blocks: _MonoBlocks, n_out: int, end_tolerance: float) -> None:
-    """Complain about empty output and about an ``end`` well past the end of the file."""
+    """Complain about a truncated file, empty output and an ``end`` well past the end of the file."""
+    if blocks.reached_file_end:
+        _check_not_truncated(path)
     if n_out == 0:
         if blocks.start > 0:
             duration = audio_duration(path)  # header value; decoding stopped early after a seek

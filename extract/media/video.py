@@ -13,7 +13,9 @@ say where in the clip the frames come from; we decide (see :func:`sample_frame_t
 * A timestamp ``t`` maps to the native frame that is showing at ``t``: ``floor(t * native_fps)``
   (constant frame rate assumed, as the containers report it), clamped into the clip's frames.
   When the clip has fewer than ``n_frames`` frames, frames repeat. An ``end`` up to 0.5 s past
-  the last frame is clamped to it; further is a MediaError (as for audio).
+  the last frame is clamped to it; further is a MediaError (as for audio). Likewise a frame
+  the header promises but that cannot be decoded (file cut short) is a MediaError, unless it
+  lies within 0.5 s of the last decodable frame (header frame counts are estimates).
 * Frames are resized to ``size x size`` with ``cv2.resize(INTER_AREA)`` without cropping
   (ViTImageProcessor and VideoMAEImageProcessor also resize the whole frame to 224 x 224), then
   scaled to [0, 1] and normalised with ImageNet mean/std.
@@ -116,9 +118,11 @@ def _read_with_opencv(path: str, start, end, n_frames, fps):
         wanted = set(indices.tolist())
         found: dict[int, np.ndarray] = {}
         last_decoded = None
+        n_read = 0  # frames grabbed from the start of the file
         for index in range(int(indices.max()) + 1):  # sequential read, no seeking
             if not capture.grab():
                 break
+            n_read += 1
             if index in wanted:
                 ok, bgr = capture.retrieve()
                 if not ok:
@@ -129,8 +133,15 @@ def _read_with_opencv(path: str, start, end, n_frames, fps):
         capture.release()
     if not found:
         raise MediaError(path, "video has zero frames")
-    # The frame count in a header is an estimate; indices past the real end use the last frame.
+    # The frame count in a header is an estimate: indices up to END_TOLERANCE_SECONDS past the
+    # real end use the last frame. Further past it, the file is cut short or damaged (a truncated
+    # MP4 with its index first still promises every frame): refuse rather than repeat one frame.
     clamped = [i for i in indices.tolist() if i not in found]
+    tolerance_frames = int(math.ceil(END_TOLERANCE_SECONDS * native_fps))
+    missing = [i for i in clamped if i > n_read - 1 + tolerance_frames]
+    if missing:
+        raise MediaError(path, f"truncated or damaged video: the header promises {total} frames but frames past "
+                               f"{n_read - 1} could not be decoded (requested frame(s) {missing})")
     frames = np.stack([found.get(i, found[last_decoded]) for i in indices.tolist()])
     info = {"reader": "opencv", "native_fps": native_fps, "total_frames": total,
             "timestamps": timestamps.tolist(), "frame_indices": indices.tolist(), "clip": clip}
