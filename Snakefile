@@ -41,9 +41,15 @@ INDEX = f"{WORK}/shards/index.json"
 VALIDATED = f"{WORK}/validated.json"
 STARTED = time.time()
 
-# Jobs run `python -m extract.run ...` from this checkout (also inside conda envs).
+# Jobs run `python -m extract.run ...` from this checkout. Without --use-conda/apptainer that
+# `python` must be the interpreter running Snakemake (e.g. .venv/bin/python even when the venv
+# is not activated), so its bin directory goes first on PATH; inside a conda env it is the env's.
 # (braces doubled twice: once for this f-string, once for Snakemake's formatting of commands)
-shell.prefix(f"set -euo pipefail; export PYTHONPATH={shlex.quote(workflow.basedir)}${{{{PYTHONPATH:+:$PYTHONPATH}}}}; ")
+_deployment = {method.name for method in workflow.deployment_settings.deployment_method}
+_python_path = "" if _deployment & {"CONDA", "APPTAINER"} else f"export PATH={shlex.quote(os.path.dirname(sys.executable))}:$PATH; "
+shell.prefix(
+    f"set -euo pipefail; {_python_path}export PYTHONPATH={shlex.quote(workflow.basedir)}${{{{PYTHONPATH:+:$PYTHONPATH}}}}; "
+)
 
 
 include: "rules/common.smk"
