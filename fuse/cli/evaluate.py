@@ -1,0 +1,63 @@
+"""`fuse evaluate`: score a trained run's best model on one split of a cache.
+
+Without `--cache` the run's own cache is used and the split's entry in the run's
+metrics.json is updated; with another cache the metrics go to
+`metrics_<cache folder name>.json` in the run folder (or `--out FILE`), so scores on
+different caches never overwrite each other. The cache's feature sets must match the
+run's provenance; a mismatch is refused, naming the feature set and the field.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from fuse.cli.train import fail
+
+
+@click.command("evaluate")
+@click.option("--run", "run_dir", required=True, type=click.Path(file_okay=False), help="Run folder written by fuse train.")
+@click.option("--split", default="test", show_default=True, help="train, dev (valid/val) or test.")
+@click.option("--cache", type=click.Path(), help="Cache to evaluate on [the run's cache].")
+@click.option("--threshold", type=click.FloatRange(0, 1), help="Multi-label threshold [the run's].")
+@click.option("--batch-size", type=click.IntRange(min=1), help="[the run's]")
+@click.option("--device", default="auto", show_default=True)
+@click.option("--out", type=click.Path(dir_okay=False), help="Write the metrics here instead.")
+def evaluate(run_dir, split, cache, threshold, batch_size, device, out) -> None:
+    """Evaluate a trained run on a split of its cache (or of another cache)."""
+    from cache_schema import CacheError
+    from fuse import metrics as M
+    from fuse import runs
+    from fuse.data import DataError, canonical_split
+    from fuse.train import pick_device
+
+    try:
+        loaded = runs.load_run(run_dir, cache, device=str(pick_device(device)))
+        data = loaded.data
+        rows = data.indices(canonical_split(split))
+        if len(rows) == 0:
+            fail(f"{data.cache.path}: no labelled utterances in split {split!r}")
+        task = data.spec.task
+        threshold = threshold if threshold is not None else loaded.threshold
+        pred = runs.infer(loaded.model, data, rows, batch_size or loaded.options.get("batch_size") or 32, loaded.device, bool(loaded.options.get("amp")))
+        result = M.compute_metrics(task, data.labels[rows], pred.probabilities, data.spec.class_names, threshold)
+    except (runs.RunError, DataError, CacheError) as exc:
+        fail(str(exc))
+    split = canonical_split(split)
+    own_cache = cache is None or Path(cache).resolve() == Path(loaded.options["cache"]).resolve()
+    if out:
+        target = Path(out)
+        runs.write_json(target, {"cache": str(data.cache.path), "splits": {split: result}, "task": task})
+    elif own_cache:
+        target = Path(run_dir) / runs.METRICS_FILE
+        existing = runs.read_json(target) if target.is_file() else {"task": task, "splits": {}}
+        existing.setdefault("splits", {})[split] = result
+        runs.write_json(target, existing)
+    else:
+        target = Path(run_dir) / f"metrics_{Path(cache).resolve().name}.json"
+        existing = runs.read_json(target) if target.is_file() else {"cache": str(data.cache.path), "task": task, "splits": {}}
+        existing["splits"][split] = result
+        runs.write_json(target, existing)
+    click.echo(f"{loaded.checkpoint['model_name']} (epoch {loaded.checkpoint['epoch']}) on {data.cache.path}, split {split}, {len(rows)} utterances")
+    click.echo(M.format_table({split: result}, task))
+    click.echo(f"wrote {target}")

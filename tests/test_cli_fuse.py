@@ -1,0 +1,127 @@
+"""`fuse train / evaluate / predict / explain` through click's CliRunner."""
+from __future__ import annotations
+
+import csv
+import json
+import os
+
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from fuse.cli import main
+from fuse.synthetic import make_synthetic_cache
+
+SMALL_CMAF = ["--set", "fusion_dim=16", "--set", "num_heads=2", "--set", "hidden_size=16"]
+
+
+@pytest.fixture(scope="module")
+def cache_path(tmp_path_factory):
+    return str(make_synthetic_cache(tmp_path_factory.mktemp("cli") / "c.zarr"))
+
+
+@pytest.fixture(scope="module")
+def cmaf_run(cache_path, tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("runs") / "cmaf")
+    result = CliRunner().invoke(
+        main,
+        ["train", "--cache", cache_path, "--model", "cmaf", "--out", out, "--epochs", "2", "--batch-size", "8", "--lr", "3e-3", "--no-progress", *SMALL_CMAF],
+    )
+    assert result.exit_code == 0, result.output
+    return out
+
+
+def _run(*args):
+    return CliRunner().invoke(main, list(args))
+
+
+def test_train_prints_metrics_and_writes_the_run(cmaf_run):
+    metrics = json.loads(open(f"{cmaf_run}/metrics.json").read())
+    assert set(metrics["splits"]) == {"dev", "test"}
+    config = yaml.safe_load(open(f"{cmaf_run}/config.yaml"))
+    assert config["model_config"] == {"fusion_dim": 16, "num_heads": 2, "hidden_size": 16}
+    assert config["weight_decay"] == pytest.approx(3.75e-4), "unset options come from the model's defaults"
+    assert os.path.isfile(f"{cmaf_run}/modality_weights_test.png")
+
+
+def test_evaluate_updates_metrics_json(cmaf_run):
+    result = _run("evaluate", "--run", cmaf_run, "--split", "valid", "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    assert "weighted_f1" in result.output and "split dev" in result.output
+    assert "dev" in json.loads(open(f"{cmaf_run}/metrics.json").read())["splits"]
+
+
+def test_predict_writes_one_row_per_utterance(cmaf_run, tmp_path):
+    out = tmp_path / "preds.csv"
+    result = _run("predict", "--run", cmaf_run, "--out", str(out), "--device", "cpu")
+    assert result.exit_code == 0, result.output
+    rows = list(csv.DictReader(open(out)))
+    assert len(rows) == 72
+    assert list(rows[0]) == ["id", "split", "prob_neutral", "prob_joy", "prob_anger", "predicted", "true", "weight_text", "weight_audio", "weight_video"]
+    for row in rows:
+        probs = [float(row[f"prob_{c}"]) for c in ("neutral", "joy", "anger")]
+        assert sum(probs) == pytest.approx(1, abs=1e-4)
+        assert row["predicted"] == ("neutral", "joy", "anger")[probs.index(max(probs))]
+        assert sum(float(row[f"weight_{m}"]) for m in ("text", "audio", "video")) == pytest.approx(1, abs=1e-4)
+    test_only = _run("predict", "--run", cmaf_run, "--out", str(out), "--split", "test")
+    assert test_only.exit_code == 0 and len(list(csv.DictReader(open(out)))) == 12
+
+
+def test_explain_plots_an_attention_map(cmaf_run, tmp_path):
+    out = tmp_path / "att.png"
+    result = _run("explain", "--run", cmaf_run, "--utterance", "dia0_utt1", "--out", str(out))
+    assert result.exit_code == 0, result.output
+    assert out.stat().st_size > 1000 and "text_to_audio" in result.output
+    bad = _run("explain", "--run", cmaf_run, "--utterance", "nope")
+    assert bad.exit_code == 2 and "no utterance with id 'nope'" in bad.output
+    wrong = _run("explain", "--run", cmaf_run, "--utterance", "dia0_utt1", "--attention", "video_to_nothing")
+    assert wrong.exit_code == 2 and "this model has audio_to_text" in wrong.output
+
+
+def test_unknown_feature_set_names_the_available_ones(cache_path, tmp_path):
+    result = _run("train", "--cache", cache_path, "--text", "text.bert", "--out", str(tmp_path / "r"))
+    assert result.exit_code == 2
+    assert "no feature set 'text.bert'" in result.output and "text: text.synthetic" in result.output
+
+
+def test_path_that_is_not_a_cache_is_one_line(tmp_path):
+    result = _run("train", "--cache", str(tmp_path), "--out", str(tmp_path / "r"))
+    assert result.exit_code == 2
+    assert result.output.strip().count("\n") == 0 and "not an emofuse cache" in result.output
+    for command in (["evaluate", "--run", str(tmp_path)], ["predict", "--run", str(tmp_path), "--out", str(tmp_path / "p.csv")]):
+        result = _run(*command)
+        assert result.exit_code == 2 and "not a run folder" in result.output
+
+
+def test_carat_on_single_label_cache_is_a_clear_message(cache_path, tmp_path):
+    result = _run("train", "--cache", cache_path, "--model", "carat", "--out", str(tmp_path / "r"))
+    assert result.exit_code == 2
+    assert "single_label cache" in result.output and "handles only multi_label" in result.output
+
+
+def test_bad_arguments(cache_path, tmp_path):
+    assert "--cache is required" in _run("train").output
+    result = _run("train", "--cache", cache_path, "--model", "nope", "--out", str(tmp_path / "r"))
+    assert result.exit_code == 2 and "unknown model 'nope'" in result.output
+    result = _run("train", "--cache", cache_path, "--model", "late", "--set", "bogus=1", "--out", str(tmp_path / "r"), "--epochs", "1")
+    assert result.exit_code == 2 and "unknown config key(s) ['bogus']" in result.output
+    result = _run("train", "--cache", cache_path, "--metric", "micro_f1", "--model", "late", "--out", str(tmp_path / "r2"))
+    assert result.exit_code == 2 and "not a single_label metric" in result.output
+    result = _run("train", "--resume", "--out", str(tmp_path / "r3"), "--lr", "0.1")
+    assert result.exit_code == 2 and "do not pass --lr" in result.output
+
+
+def test_config_file_with_flag_override_and_seeds(cache_path, tmp_path):
+    config = tmp_path / "run.yaml"
+    config.write_text(yaml.safe_dump({"cache": cache_path, "model": "late", "epochs": 3, "batch_size": 16, "lr": 0.003, "seeds": [1, 2], "progress": False}))
+    result = _run("train", "--config", str(config), "--epochs", "1", "--out", str(tmp_path / "r"))
+    assert result.exit_code == 0, result.output
+    saved = yaml.safe_load(open(tmp_path / "r" / "seed-2" / "config.yaml"))
+    assert saved["epochs"] == 1 and saved["batch_size"] == 16 and saved["seed"] == 2
+    assert "mean ± std" in result.output
+    assert json.loads(open(tmp_path / "r" / "seeds.json").read())["seeds"] == [1, 2]
+
+
+def test_resume_through_the_cli_after_finishing(cmaf_run):
+    result = _run("train", "--resume", "--out", cmaf_run)
+    assert result.exit_code == 0 and "already finished" in result.output

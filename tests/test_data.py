@@ -1,0 +1,268 @@
+"""The data layer (fuse.data, fuse.normalisation) against direct reads of tiny synthetic caches."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from cache_schema import open_cache
+from fuse.data import DataError, FeatureData, context_rows, dialogue_keys, inspect_task, resolve_splits
+from fuse.synthetic import make_synthetic_cache
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    return open_cache(make_synthetic_cache(tmp_path_factory.mktemp("data") / "c.zarr", test_speaker="Gunther"))
+
+
+def _data(cache, **kw):
+    kw.setdefault("normalisation", "none")
+    return FeatureData.for_training(cache, {}, **kw)
+
+
+def _raw(fs, row, cap=None):
+    values = np.asarray(fs.get(row), dtype=np.float32)
+    return values if cap is None else values[:cap]
+
+
+def test_batches_match_direct_feature_set_reads(cache):
+    data = _data(cache, max_len={"audio": 15})
+    train = data.indices("train")
+    batches = list(data.batches(train, 7, shuffle=False, bucket=False))
+    assert np.concatenate([b.index.numpy() for b in batches]).tolist() == train.tolist()
+    for batch in batches:
+        for modality, fs in data.feature_sets.items():
+            item = batch.modalities[modality]
+            values, mask = item.values.numpy(), item.mask.numpy()
+            for i, row in enumerate(batch.index.numpy()):
+                expected = _raw(fs, row, 15 if modality == "audio" else None)
+                n = len(expected)
+                assert item.present[i].item() == bool(fs.present[row])
+                assert mask[i].sum() == n and mask[i, :n].all()
+                np.testing.assert_array_equal(values[i, :n], expected)
+                assert not values[i, n:].any(), "padding must be zero"
+        assert batch.label.tolist() == [int(cache.column("label")[r]) for r in batch.index.numpy()]
+
+
+def test_truncation_caps_every_modality(cache):
+    data = _data(cache, max_len={"audio": 15, "text": 4})
+    batch = next(iter(data.batches(data.indices("train"), 48)))
+    assert batch.modalities["audio"].mask.sum(1).max() <= 15
+    assert batch.modalities["text"].mask.sum(1).max() <= 4
+    assert data.summary()["truncated_utterances"]["audio"] > 0
+
+
+def test_missing_modality_rows_are_masked_out(cache):
+    data = _data(cache)
+    video = data.feature_sets["video"]
+    rows = np.nonzero(~video.present)[0][:3]
+    assert len(rows) == 3
+    batch = data.batch_for_rows(rows)
+    item = batch.modalities["video"]
+    assert not item.present.any() and not item.mask.any() and not item.values.any()
+    assert batch.modalities["text"].present.all()
+
+
+def _frames(fs, rows):
+    return np.concatenate([_raw(fs, r).astype(np.float64) for r in rows if fs.present[r]])
+
+
+def test_global_normalisation_is_fit_on_training_rows_only(cache):
+    data = _data(cache, normalisation="global")
+    train = data.splits.train
+    for modality, fs in data.feature_sets.items():
+        norm = data.normaliser.norms[fs.name]
+        frames = _frames(fs, train)
+        np.testing.assert_allclose(norm.mean[0], frames.mean(0), rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(norm.std[0], frames.std(0), rtol=1e-4)
+        everything = _frames(fs, np.arange(len(fs)))
+        assert not np.allclose(norm.mean[0], everything.mean(0), atol=1e-4)
+    # and the batches carry standardised values
+    batch = data.batch_for_rows(train[:2])
+    fs = data.feature_sets["text"]
+    norm = data.normaliser.norms[fs.name]
+    expected = (_raw(fs, train[0]) - norm.mean[0]) / norm.std[0]
+    np.testing.assert_allclose(batch.modalities["text"].values[0, : len(expected)].numpy(), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_speaker_normalisation_per_speaker_and_unseen_speakers(cache):
+    data = _data(cache, normalisation="speaker")
+    speakers = data.speakers
+    fs = data.feature_sets["audio"]
+    norm = data.normaliser.norms[fs.name]
+    train = data.splits.train
+    for speaker in ("Ross", "Joey"):
+        rows = train[speakers[train] == speaker]
+        frames = _frames(fs, rows)
+        g = norm.groups.index(speaker)
+        assert norm.fit_on[g] == "train"
+        np.testing.assert_allclose(norm.mean[g], frames.mean(0), rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(norm.std[g], frames.std(0), rtol=1e-4)
+    # Gunther speaks only in test: his statistics come from his own utterances, at evaluation time.
+    g = norm.groups.index("Gunther")
+    assert norm.fit_on[g] == "evaluation"
+    rows = np.nonzero(speakers == "Gunther")[0]
+    np.testing.assert_allclose(norm.mean[g], _frames(fs, rows).mean(0), rtol=1e-5, atol=1e-5)
+    assert "Gunther" not in data.normaliser.training_only().norms[fs.name].groups
+    batch = data.batch_for_rows(rows[:1])
+    got = batch.modalities["audio"].values[0].numpy()[: len(_raw(fs, rows[0]))]
+    np.testing.assert_allclose(got, (_raw(fs, rows[0]) - norm.mean[g]) / norm.std[g], rtol=1e-5, atol=1e-5)
+    # standardised per speaker: each training speaker's frames have mean ~0 and std ~1
+    ross = train[speakers[train] == "Ross"]
+    values = np.concatenate([data.read_utterances("audio", np.array([r]))[int(r)] for r in ross])
+    np.testing.assert_allclose(values.mean(0), 0, atol=1e-4)
+    np.testing.assert_allclose(values.std(0), 1, atol=1e-3)
+
+
+def test_context_windows_follow_turn_order_within_dialogues(cache):
+    data = _data(cache, context_turns=3, normalisation="global")
+    turns = cache.column("turn")
+    dialogue = cache.column("dialogue_id")
+    for row in range(data.n):
+        window = data.context_index[row]
+        real = window[window >= 0]
+        assert real[-1] == row
+        assert len(real) == min(4, turns[row] + 1)
+        assert (dialogue[real] == dialogue[row]).all(), "context never crosses dialogues"
+        assert turns[real].tolist() == list(range(turns[row] - len(real) + 1, turns[row] + 1))
+        assert (window[: len(window) - len(real)] == -1).all(), "left padding"
+    rows = np.array([int(np.nonzero((dialogue == "dia0") & (turns == 5))[0][0])])
+    batch = data.batch_for_rows(rows)
+    ctx = batch.context["text"]
+    assert ctx.values.shape == (1, 4, 8) and ctx.mask.all()
+    fs = data.feature_sets["text"]
+    norm = data.normaliser.norms[fs.name]
+    previous = data.context_index[rows[0]][0]
+    expected = ((_raw(fs, previous) - norm.mean[0]) / norm.std[0]).mean(0)
+    np.testing.assert_allclose(ctx.values[0, 0].numpy(), expected, rtol=1e-4, atol=1e-5)
+    # a turn missing the video modality is masked in the video context
+    video_ctx = data.batch_for_rows(np.arange(data.n)).context["video"]
+    assert (video_ctx.mask.numpy() == (data.context_index[:, -video_ctx.mask.shape[1] :] >= 0) & data.feature_sets["video"].present[np.maximum(data.context_index[:, -video_ctx.mask.shape[1] :], 0)]).all()
+
+
+def test_context_rows_keys_by_split_and_caps_history():
+    keys = dialogue_keys({"dataset": np.array(["m"] * 5, dtype=object), "split": np.array(["train", "train", "train", "dev", "dev"], dtype=object), "dialogue_id": np.array(["d0", "d0", "d0", "d0", ""], dtype=object)})
+    rows = context_rows(keys, np.array([2, 0, 1, 0, 0]), n_preceding=1)
+    assert rows.tolist() == [[2, 0], [-1, 1], [1, 2], [-1, 3], [-1, 4]]
+
+
+def test_streaming_yields_each_training_utterance_once_and_mixes_blocks(cache):
+    data = _data(cache, block_rows=120, pool_blocks=2)
+    assert len(data._blocks) > 4
+    train = data.indices("train")
+    orders = []
+    for epoch in range(2):
+        batches = list(data.batches(train, 5, shuffle=True, seed=3, epoch=epoch))
+        seen = np.concatenate([b.index.numpy() for b in batches])
+        assert sorted(seen.tolist()) == train.tolist() and len(seen) == len(train)
+        assert len(batches) == data.n_batches(train, 5, True, 3, epoch)
+        orders.append(seen.tolist())
+    assert orders[0] != orders[1], "each epoch is shuffled differently"
+    assert orders[0] == [int(i) for b in data.batches(train, 5, shuffle=True, seed=3, epoch=0) for i in b.index]
+    # a batch can hold utterances of different blocks
+    blocks = data._blocks
+    block_of = {u: k for k, (a, b) in enumerate(blocks) for u in range(a, b)}
+    assert any(len({block_of[int(u)] for u in b.index}) > 1 for b in data.batches(train, 5, shuffle=True, seed=3))
+
+
+@pytest.mark.parametrize("shuffle", [False, True])
+def test_in_memory_and_streaming_give_the_same_batches(cache, shuffle):
+    streaming = _data(cache, block_rows=120, normalisation="global")
+    memory = _data(cache, block_rows=120, normalisation="global", in_memory=True)
+    prefetching = _data(cache, block_rows=120, normalisation="global")
+    streaming.prefetch, prefetching.prefetch = False, True
+    train = streaming.indices("train")
+    for epoch in range(2):  # epoch 1 of the in-memory data is served from memory
+        a = list(streaming.batches(train, 6, shuffle=shuffle, seed=1, epoch=epoch))
+        b = list(memory.batches(train, 6, shuffle=shuffle, seed=1, epoch=epoch))
+        c = list(prefetching.batches(train, 6, shuffle=shuffle, seed=1, epoch=epoch))
+        assert len(a) == len(b) == len(c)
+        for x, y in [*zip(a, b), *zip(a, c)]:
+            assert x.index.tolist() == y.index.tolist()
+            for m in x.modalities:
+                assert (x.modalities[m].values == y.modalities[m].values).all()
+                assert (x.modalities[m].mask == y.modalities[m].mask).all()
+    assert len(memory._memory["audio"]) == len(train)
+
+
+def test_metadata_vocabulary_from_train_and_numeric_standardised(cache):
+    data = _data(cache, metadata=["speaker", "season"])
+    assert data.metadata.categorical["speaker"] == ["Joey", "Monica", "Rachel", "Ross"]
+    test = data.splits.test
+    assert (data.metadata_categorical[test, 0] == 0).all(), "Gunther (test only) is unknown"
+    train = data.splits.train
+    np.testing.assert_allclose(data.metadata_numeric[train, 0].mean(), 0, atol=1e-6)
+    spec = data.metadata.spec()
+    assert spec.categorical == (("speaker", 4),) and spec.n_numeric == 1
+    assert _data(cache).spec.metadata == ["speaker"]  # default
+    with pytest.raises(DataError, match="no metadata column 'nope'"):
+        _data(cache, metadata=["nope"])
+
+
+def test_dev_is_carved_from_train_by_dialogue_when_absent(tmp_path):
+    c = open_cache(make_synthetic_cache(tmp_path / "c.zarr", n_dialogues=20, with_dev=False))
+    data = _data(c)
+    assert data.splits.dev_source == "carved from train"
+    assert "carved 2 of 16 training dialogues" in data.splits.note
+    dialogue = c.column("dialogue_id")
+    assert not set(dialogue[data.splits.dev]) & set(dialogue[data.splits.train])
+    again = _data(c, normalisation="global")
+    assert again.splits.dev.tolist() == data.splits.dev.tolist()
+
+
+def test_split_aliases_and_utterance_carving():
+    splits = resolve_splits(np.array(["train", "VALID", "test", "train"], dtype=object), np.array([""] * 4, dtype=object))
+    assert splits.dev.tolist() == [1] and splits.dev_source == "dev"
+    carved = resolve_splits(np.array(["train"] * 20, dtype=object), np.array([""] * 20, dtype=object))
+    assert len(carved.dev) == 2 and "utterances" in carved.note
+
+
+def test_valid_split_name_is_dev(tmp_path):
+    c = open_cache(make_synthetic_cache(tmp_path / "c.zarr", split_names=("train", "valid", "test")))
+    assert len(_data(c).indices("dev")) == 12
+
+
+def test_multi_label_task_and_presence(tmp_path):
+    c = open_cache(make_synthetic_cache(tmp_path / "c.zarr", multi_label=True, classes=("happy", "sad", "anger")))
+    data = _data(c)
+    assert data.spec.task == "multi_label"
+    intensities = c.column("labels_multi")
+    np.testing.assert_array_equal(data.labels, (intensities > 0).astype(np.float32))
+    batch = next(iter(data.batches(data.indices("train"), 4)))
+    assert batch.labels_multi.shape == (4, 3) and batch.label is None
+    with pytest.raises(DataError, match="handles only single_label"):
+        inspect_task(c, "auto", {"single_label"})
+
+
+def test_feature_set_selection_errors(tmp_path):
+    sets = {
+        "text.a": ("text", 4, 2, 5),
+        "text.b": ("text", 4, 2, 5),
+        "audio.a": ("audio", 3, 2, 5),
+    }
+    c = open_cache(make_synthetic_cache(tmp_path / "c.zarr", feature_sets=sets, missing_every={}))
+    with pytest.raises(DataError, match=r"2 text feature sets, choose one with --text \(text.a, text.b\)"):
+        FeatureData.for_training(c, {})
+    with pytest.raises(DataError, match=r"no feature set 'text.c' .*text: text.a, text.b; audio: audio.a"):
+        FeatureData.for_training(c, {"text": "text.c"})
+    with pytest.raises(DataError, match="holds audio features, not text"):
+        FeatureData.for_training(c, {"text": "audio.a"})
+    data = FeatureData.for_training(c, {"text": "text.b", "audio": "none"})
+    assert data.spec.feature_sets == {"text": "text.b"}
+
+
+@pytest.mark.parametrize("scale", [1.0, 1e30, 3e38])
+def test_statistics_and_standardisation_survive_extreme_scales(scale):
+    from fuse.normalisation import GroupStats, _finish
+
+    rng = np.random.default_rng(0)
+    rows = np.clip(rng.normal(size=(500, 3)) * scale, -3.4e38, 3.4e38).astype(np.float32)
+    stats = GroupStats(1, 3)
+    for part in np.array_split(rows, 4):  # streamed in blocks
+        stats.update(part, np.zeros(len(part), dtype=np.int64))
+    expected = rows.astype(np.float64)
+    np.testing.assert_allclose(stats.mean[0], expected.mean(0), rtol=1e-6)
+    np.testing.assert_allclose(stats.std()[0], expected.std(0), rtol=1e-6)
+    out = _finish(stats, ["<global>"], "train").standardise(rows, np.zeros(len(rows), dtype=np.int64))
+    assert np.isfinite(out).all()
+    np.testing.assert_allclose(out.mean(0), 0, atol=1e-4)
+    np.testing.assert_allclose(out.std(0), 1, atol=1e-4)

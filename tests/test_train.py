@@ -1,0 +1,194 @@
+"""The training loop (fuse.train) and run folders (fuse.runs) on tiny synthetic caches."""
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+import zarr
+
+from fuse import metrics as M
+from fuse import runs
+from fuse.synthetic import make_synthetic_cache
+from fuse.train import TrainingDiverged, TrainingError, TrainOptions, train, train_seeds
+
+SMALL_CMAF = {"fusion_dim": 16, "num_heads": 2, "hidden_size": 16, "metadata_embedding_dim": 4, "metadata_numeric_dim": 4}
+
+
+@pytest.fixture(scope="module")
+def cache_path(tmp_path_factory):
+    return make_synthetic_cache(tmp_path_factory.mktemp("train") / "c.zarr")
+
+
+@pytest.fixture(scope="module")
+def multi_cache_path(tmp_path_factory):
+    return make_synthetic_cache(tmp_path_factory.mktemp("multi") / "m.zarr", multi_label=True, classes=("happy", "sad", "anger"))
+
+
+def _options(cache_path, out, **kw):
+    kw.setdefault("model", "late")
+    kw.setdefault("epochs", 4)
+    kw.setdefault("batch_size", 8)
+    kw.setdefault("lr", 3e-3)
+    kw.setdefault("progress", False)
+    return TrainOptions(cache=str(cache_path), out=str(out), **kw)
+
+
+def _quiet(*_):
+    pass
+
+
+def test_loss_falls_and_every_output_is_written(cache_path, tmp_path):
+    result = train(_options(cache_path, tmp_path / "run", epochs=6), echo=_quiet)
+    losses = [row["train_loss"] for row in result.history]
+    assert losses[-1] < 0.8 * losses[0]
+    run = tmp_path / "run"
+    for name in ("config.yaml", "data.json", "normalisation.npz", "normalisation.json", "last.pt", "best.pt", "log.csv", "metrics.json", "training_curves.png", "confusion_test.png"):
+        assert (run / name).is_file(), name
+    metrics = json.loads((run / "metrics.json").read_text())
+    for split in ("dev", "test"):
+        for name in M.SINGLE_LABEL_METRICS:
+            assert 0.0 <= metrics["splits"][split][name] <= 1.0
+        assert set(metrics["splits"][split]["per_class"]) == {"neutral", "joy", "anger"}
+    assert metrics["splits"]["dev"]["weighted_f1"] > 0.6, "the class shift is learnable"
+    rows = list(csv.DictReader(open(run / "log.csv")))
+    assert [int(r["epoch"]) for r in rows] == list(range(1, 7))
+    assert {"train_loss", "dev_loss", "dev_weighted_f1", "lr", "seconds", "skipped_steps"} <= set(rows[0])
+    best = runs.load_checkpoint(run / "best.pt")
+    assert best["epoch"] == metrics["best_epoch"]
+    data = json.loads((run / "data.json").read_text())
+    assert data["provenance"]["feature_sets"]["audio.synthetic"]["encoder_kind"] == "synthetic"
+
+
+def test_multi_label_with_threshold_tuning(multi_cache_path, tmp_path):
+    result = train(_options(multi_cache_path, tmp_path / "run", epochs=3, tune_threshold=True), echo=_quiet)
+    metrics = result.metrics
+    assert metrics["task"] == "multi_label" and metrics["metric"] == "micro_f1"
+    for name in M.MULTI_LABEL_METRICS:
+        assert name in metrics["splits"]["test"]
+    assert metrics["threshold_tuned_on_dev"]["threshold"] == metrics["threshold"] in M.THRESHOLD_GRID
+    assert runs.load_checkpoint(tmp_path / "run" / "best.pt")["threshold"] == metrics["threshold"]
+
+
+def test_resumed_run_ends_like_an_uninterrupted_one(cache_path, tmp_path):
+    options = dict(model="cmaf", model_config=SMALL_CMAF, epochs=4, batch_size=12)
+    straight = train(_options(cache_path, tmp_path / "straight", **options), echo=_quiet)
+
+    def interrupt(epoch, row):
+        if epoch == 1:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(_options(cache_path, tmp_path / "resumed", **options), on_epoch_end=interrupt, echo=_quiet)
+    assert not (tmp_path / "resumed" / "metrics.json").exists()
+    resumed = train(TrainOptions(cache="", out=str(tmp_path / "resumed"), progress=False), resume=True, echo=_quiet)
+    assert [r["train_loss"] for r in resumed.history] == [r["train_loss"] for r in straight.history]
+    assert resumed.metrics["splits"] == straight.metrics["splits"]
+    assert len(list(csv.DictReader(open(tmp_path / "resumed" / "log.csv")))) == 4
+    # resuming a finished run does nothing
+    again = train(TrainOptions(cache="", out=str(tmp_path / "resumed"), progress=False), resume=True, echo=_quiet)
+    assert again.metrics == resumed.metrics
+
+
+def test_existing_run_is_not_overwritten(cache_path, tmp_path):
+    train(_options(cache_path, tmp_path / "run", epochs=1), echo=_quiet)
+    with pytest.raises(TrainingError, match="already holds a run"):
+        train(_options(cache_path, tmp_path / "run", epochs=1), echo=_quiet)
+
+
+def test_seeds_report_mean_and_std(cache_path, tmp_path):
+    summary = train_seeds(_options(cache_path, tmp_path / "seeds", epochs=2), [1, 2], echo=_quiet)
+    per_seed = [json.loads((tmp_path / "seeds" / f"seed-{s}" / "metrics.json").read_text()) for s in (1, 2)]
+    values = [m["splits"]["test"]["weighted_f1"] for m in per_seed]
+    stats = summary["splits"]["test"]["weighted_f1"]
+    assert stats["values"] == values
+    assert stats["mean"] == pytest.approx(np.mean(values))
+    assert stats["std"] == pytest.approx(np.std(values, ddof=1))
+    assert (tmp_path / "seeds" / "seeds.json").is_file()
+    assert [m["seed"] for m in per_seed] == [1, 2]
+
+
+def test_provenance_mismatch_is_refused(cache_path, tmp_path):
+    train(_options(cache_path, tmp_path / "run", epochs=1), echo=_quiet)
+    other = tmp_path / "other.zarr"
+    shutil.copytree(cache_path, other)
+    group = zarr.open_group(str(other / "features" / "audio.synthetic"), mode="a")
+    group.attrs["weights_sha256"] = "0" * 64
+    with pytest.raises(runs.ProvenanceMismatch, match=r"feature set 'audio.synthetic' .*weights_sha256 is '0000"):
+        runs.load_run(tmp_path / "run", other)
+    loaded = runs.load_run(tmp_path / "run")  # its own cache is fine
+    assert loaded.checkpoint["model_name"] == "late"
+
+
+def test_a_poisoned_batch_is_skipped_and_never_reaches_the_optimiser(cache_path, tmp_path, monkeypatch):
+    from fuse.data import FeatureData
+
+    original = FeatureData.read_utterances
+    poisoned_row = 0
+
+    def read(self, modality, rows):
+        out = original(self, modality, rows)
+        if modality == "audio" and poisoned_row in out and out[poisoned_row] is not None:
+            out[poisoned_row] = out[poisoned_row] * np.inf
+        return out
+
+    monkeypatch.setattr(FeatureData, "read_utterances", read)
+    seen = []
+    original_step = torch.optim.AdamW.step
+
+    def step(self, *args, **kwargs):
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is not None:
+                    seen.append(bool(torch.isfinite(p.grad).all()))
+        return original_step(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", step)
+    result = train(_options(cache_path, tmp_path / "run", epochs=2), echo=_quiet)
+    assert [row["skipped_steps"] for row in result.history] == [1, 1]
+    assert result.metrics["skipped_steps"] == 2
+    assert seen and all(seen), "no non-finite gradient reached AdamW"
+    state = runs.load_checkpoint(tmp_path / "run" / "last.pt")
+    assert all(torch.isfinite(v).all() for v in state["model"].values())
+
+
+@pytest.mark.filterwarnings("ignore::RuntimeWarning")
+def test_persistent_non_finite_loss_stops_with_a_reason(cache_path, tmp_path, monkeypatch):
+    from fuse.normalisation import Normaliser
+
+    fit = Normaliser.fit
+
+    def poisoned_fit(*args, **kwargs):
+        normaliser = fit(*args, **kwargs)
+        normaliser.norms["text.synthetic"].std[:, 0] = 0.0  # an infinite feature scale
+        return normaliser
+
+    monkeypatch.setattr(Normaliser, "fit", poisoned_fit)
+    with pytest.raises(TrainingDiverged, match="loss was NaN/inf for 5 steps in a row"):
+        train(_options(cache_path, tmp_path / "run", epochs=2), echo=_quiet)
+
+
+def test_context_model_gets_dialogue_context(cache_path, tmp_path):
+    result = train(_options(cache_path, tmp_path / "run", model="context", epochs=2, model_config={"context_hidden_size": 8, "hidden_size": 8}), echo=_quiet)
+    data = json.loads((tmp_path / "run" / "data.json").read_text())
+    assert data["spec"]["context_turns"] == 10
+    assert data["spec"]["feature_sets"] == {"text": "text.synthetic"}
+    assert "test" in result.metrics["splits"]
+
+
+def test_carat_on_single_label_cache_is_refused(cache_path, tmp_path):
+    with pytest.raises(TrainingError, match="single_label cache .* handles only multi_label"):
+        train(_options(cache_path, tmp_path / "run", model="carat"), echo=_quiet)
+
+
+def test_speaker_normalisation_run_saves_training_statistics_only(tmp_path):
+    path = make_synthetic_cache(tmp_path / "c.zarr", test_speaker="Gunther")
+    train(_options(path, tmp_path / "run", epochs=1, normalisation="speaker"), echo=_quiet)
+    saved = json.loads((tmp_path / "run" / "normalisation.json").read_text())
+    groups = saved["feature_sets"]["audio.synthetic"]["groups"]
+    assert saved["mode"] == "speaker" and "Ross" in groups and "Gunther" not in groups
+    loaded = runs.load_run(tmp_path / "run")  # Gunther's statistics are fit again, on this cache
+    assert "Gunther" in loaded.data.normaliser.norms["audio.synthetic"].groups
