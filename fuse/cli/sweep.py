@@ -1,0 +1,56 @@
+"""`fuse sweep`: run a grid of training configs against one cache (see docs/sweep.md).
+
+    fuse sweep --cache data/feats.zarr --grid grid.yaml --out runs/sweep [--jobs N] [--metric NAME]
+
+Exit status: 0 when every run finished, 1 when some run failed (the others still ran and the
+leaderboard lists the failures), 2 for a bad grid, cache or sweep folder, 130 when interrupted
+(run the same command again to resume).
+"""
+from __future__ import annotations
+
+import sys
+
+import click
+
+
+def _fail(message: str, code: int) -> None:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(code)
+
+
+@click.command("sweep")
+@click.option("--cache", type=click.Path(), help="Feature cache (Zarr) every run trains from [or `cache:` in the grid file].")
+@click.option("--grid", "grid_file", required=True, type=click.Path(exists=True, dir_okay=False), help="YAML file with `grid:` or `runs:` (and `base:`).")
+@click.option("--out", default="runs/sweep", show_default=True, type=click.Path(file_okay=False), help="Sweep folder: one run folder per config, leaderboards.")
+@click.option("--jobs", type=click.IntRange(min=1), default=1, show_default=True, help="Worker processes running configs in parallel.")
+@click.option("--metric", help="Dev metric ranking the leaderboard [the runs' early-stopping metric].")
+@click.option("--threads", type=click.IntRange(min=1), help="Torch threads per process [torch's default; cores/jobs with --jobs].")
+@click.option("--dry-run", is_flag=True, help="List the runs (name and state) and stop.")
+@click.option("--verbose", is_flag=True, help="Also print every run's training output (always in <run>/train.log).")
+def sweep(cache, grid_file, out, jobs, metric, threads, dry_run, verbose) -> None:
+    """Run a grid of training configs against one cache."""
+    from pathlib import Path
+
+    from fuse.sweep import SweepError, SweepInterrupted, load_grid, run_state, run_sweep
+
+    try:
+        plan = load_grid(grid_file)
+        cache = cache or plan.cache
+        if not cache:
+            _fail("--cache is required (or give `cache:` in the grid file)", 2)
+        if dry_run:
+            cache_path = Path(cache).resolve()
+            for run in plan.runs:
+                options = {**run.options, "cache": str(cache_path), "out": str((Path(out) / run.name).resolve())}
+                click.echo(f"{run.name}\t{run_state(Path(options['out']), options)}")
+            click.echo(f"{len(plan.runs)} run(s)")
+            return
+        result = run_sweep(plan, cache, out, jobs=jobs, metric=metric, threads=threads, echo=click.echo, verbose=verbose)
+    except SweepInterrupted as exc:
+        _fail(str(exc), 130)
+    except SweepError as exc:
+        _fail(str(exc), 2)
+    except KeyboardInterrupt:
+        _fail(f"interrupted; run the same command again to resume ({out})", 130)
+    if result.failed:
+        _fail(f"{len(result.failed)} run(s) failed: {', '.join(result.failed)} (see their train.log)", 1)
