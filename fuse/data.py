@@ -37,6 +37,11 @@ What it decides, and why:
   dialogue (ordered by `turn`, then row) and the current utterance last, left-padded so the
   current utterance is always at position -1. Dialogues are keyed by (dataset, split,
   dialogue_id) because corpora such as MELD reuse dialogue ids across splits.
+  `Batch.context[future_key(modality)]` (e.g. "text_future") holds the following turns: up
+  to `context_future_turns` (default: as many as `context_turns`) next turns of the same
+  dialogue, right-padded, the next turn first. Models read them only when asked to (the
+  `context` model's `context_window="both"`, as bidirectional ERC models such as
+  BiDialogueRNN, DialogueGCN and COSMIC read the whole dialogue for offline evaluation).
 """
 from __future__ import annotations
 
@@ -59,6 +64,7 @@ CARVE_FRACTION = 0.1
 CARVE_SEED = 20240601  # fixed: the carved dev split must not change with --seed
 DEFAULT_BLOCK_MB = 16.0
 TASKS = ("single_label", "multi_label")
+FUTURE_SUFFIX = "_future"  # Batch.context key suffix of the following turns
 
 
 class DataError(ValueError):
@@ -329,6 +335,31 @@ def context_rows(keys: np.ndarray, turns: np.ndarray, n_preceding: int) -> np.nd
     return out
 
 
+def future_key(modality: str) -> str:
+    """The `Batch.context` key of a modality's following turns."""
+    return f"{modality}{FUTURE_SUFFIX}"
+
+
+def future_context_rows(keys: np.ndarray, turns: np.ndarray, n_following: int) -> np.ndarray:
+    """(N, n_following) row indices of the next turns of the same dialogue, right-padded with -1.
+
+    The next turn is column 0. Order within a dialogue as in `context_rows`.
+    """
+    n = len(keys)
+    out = np.full((n, max(0, n_following)), -1, dtype=np.int64)
+    has = np.nonzero(keys != "")[0]
+    if len(has) == 0 or n_following <= 0:
+        return out
+    order = has[np.lexsort((has, turns[has], keys[has]))]
+    sorted_keys = keys[order]
+    boundaries = np.nonzero(sorted_keys[1:] != sorted_keys[:-1])[0] + 1
+    for dialogue in np.split(order, boundaries):
+        for position, row in enumerate(dialogue):
+            following = dialogue[position + 1 : position + 1 + n_following]
+            out[row, : len(following)] = following
+    return out
+
+
 def utterance_means(fs: FeatureSet, rows: np.ndarray, max_len: int | None, block_rows: int | None) -> np.ndarray:
     """(N, D) float32 mean over the first `max_len` frames of each of `rows` (0 elsewhere), streamed."""
     means = np.zeros((len(fs), fs.dim), dtype=np.float32)
@@ -364,6 +395,7 @@ class DataSpec:
     normalisation: str = "global"
     metadata: list[str] = field(default_factory=list)
     context_turns: int = 0  # preceding turns in Batch.context; 0: no context
+    context_future_turns: int | None = None  # following turns ("<modality>_future"); None: = context_turns
     block_mb: float = DEFAULT_BLOCK_MB
     pool_blocks: int = 4
     block_rows: int | None = None  # overrides block_mb (tests use tiny blocks)
@@ -374,6 +406,13 @@ class DataSpec:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "DataSpec":
         return cls(**d)
+
+    @property
+    def n_future_turns(self) -> int:
+        """Following turns in Batch.context (0 without context)."""
+        if self.context_turns <= 0:
+            return 0
+        return int(self.context_turns if self.context_future_turns is None else self.context_future_turns)
 
 
 @dataclass
@@ -429,6 +468,7 @@ class FeatureData:
         self._sort_length = self._lengths_for_bucketing()
         self._blocks = self._make_blocks()
         self.context_index = None
+        self.future_index = None
         self.context_means: dict[str, np.ndarray] = {}
 
     # -- construction -------------------------------------------------------------------------
@@ -443,6 +483,7 @@ class FeatureData:
         normalisation: str = "global",
         metadata: list[str] | None = None,
         context_turns: int = 0,
+        context_future_turns: int | None = None,
         in_memory: bool = False,
         block_mb: float = DEFAULT_BLOCK_MB,
         pool_blocks: int = 4,
@@ -472,6 +513,7 @@ class FeatureData:
             normalisation=normalisation,
             metadata=list(metadata),
             context_turns=int(context_turns),
+            context_future_turns=None if context_future_turns is None else int(context_future_turns),
             block_mb=block_mb,
             pool_blocks=pool_blocks,
             block_rows=block_rows,
@@ -529,12 +571,12 @@ class FeatureData:
         self.normaliser.prepare(sets, rows, self.speakers, by_name, block_rows)
         self._group_rows = {m: self.normaliser.group_rows(fs.name, self.speakers) for m, fs in self.feature_sets.items()}
         if self.spec.context_turns > 0:
-            self.context_index = context_rows(
-                dialogue_keys({c: self.columns[c] for c in ("dataset", "split", "dialogue_id")}),
-                np.asarray(self.columns["turn"], dtype=np.int64),
-                self.spec.context_turns,
-            )
-            needed = np.unique(self.context_index[rows][self.context_index[rows] >= 0])
+            keys = dialogue_keys({c: self.columns[c] for c in ("dataset", "split", "dialogue_id")})
+            turns = np.asarray(self.columns["turn"], dtype=np.int64)
+            self.context_index = context_rows(keys, turns, self.spec.context_turns)
+            self.future_index = future_context_rows(keys, turns, self.spec.n_future_turns)
+            window = np.concatenate([self.context_index[rows], self.future_index[rows]], axis=1)
+            needed = np.unique(window[window >= 0])
             for m, fs in self.feature_sets.items():
                 raw = utterance_means(fs, needed, self.spec.max_len[m], block_rows)
                 norm = self.normaliser.norms.get(fs.name)
@@ -747,6 +789,18 @@ class FeatureData:
             context[m] = ModalityInput(
                 torch.from_numpy(values.astype(np.float32)), torch.from_numpy(mask), torch.from_numpy(mask.any(axis=1))
             )
+        if self.future_index is not None and self.future_index.shape[1] > 0:
+            rows = self.future_index[utts]  # (B, F), -1 right padding
+            used = rows >= 0
+            width = max(1, int(used.sum(axis=1).max()))  # drop trailing columns padded in every row
+            rows, used = rows[:, :width], used[:, :width]
+            safe = np.where(used, rows, 0)
+            for m, fs in self.feature_sets.items():
+                mask = used & fs.present[safe]
+                values = self.context_means[m][safe] * mask[..., None]
+                context[future_key(m)] = ModalityInput(
+                    torch.from_numpy(values.astype(np.float32)), torch.from_numpy(mask), torch.from_numpy(mask.any(axis=1))
+                )
         return context
 
     # -- record -------------------------------------------------------------------------------
@@ -768,6 +822,7 @@ class FeatureData:
             },
             "missing": {m: int((~fs.present).sum()) for m, fs in self.feature_sets.items()},
             "context_turns": self.spec.context_turns,
+            "context_future_turns": self.spec.n_future_turns,
             "blocks": len(self._blocks),
         }
 

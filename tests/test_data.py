@@ -2,10 +2,11 @@
 from __future__ import annotations
 
 import numpy as np
+import torch
 import pytest
 
 from cache_schema import open_cache
-from fuse.data import DataError, FeatureData, context_rows, dialogue_keys, inspect_task, resolve_splits
+from fuse.data import DataError, FeatureData, context_rows, dialogue_keys, future_context_rows, future_key, inspect_task, resolve_splits
 from fuse.synthetic import make_synthetic_cache
 
 
@@ -266,3 +267,37 @@ def test_statistics_and_standardisation_survive_extreme_scales(scale):
     assert np.isfinite(out).all()
     np.testing.assert_allclose(out.mean(0), 0, atol=1e-4)
     np.testing.assert_allclose(out.std(0), 1, atol=1e-4)
+
+
+def test_future_context_rows_follow_the_dialogue_and_right_pad():
+    keys = dialogue_keys({"dataset": np.array(["m"] * 5, dtype=object), "split": np.array(["train", "train", "train", "dev", "dev"], dtype=object), "dialogue_id": np.array(["d0", "d0", "d0", "d0", ""], dtype=object)})
+    rows = future_context_rows(keys, np.array([2, 0, 1, 0, 0]), n_following=2)
+    # train/d0 in turn order is rows 1, 2, 0; dev/d0 (same id, other split) and a dialogue-less row have none
+    assert rows.tolist() == [[-1, -1], [2, 0], [0, -1], [-1, -1], [-1, -1]]
+
+
+def test_batches_carry_the_following_turns(cache):
+    data = _data(cache, context_turns=3, normalisation="global")
+    assert data.spec.n_future_turns == 3  # default: as many following as preceding turns
+    turns = cache.column("turn")
+    dialogue = cache.column("dialogue_id")
+    row = int(np.nonzero((dialogue == "dia0") & (turns == 1))[0][0])
+    future = data.batch_for_rows(np.array([row])).context[future_key("text")]
+    following = data.future_index[row]
+    real = following[following >= 0]
+    assert len(real) == 3 and (dialogue[real] == "dia0").all()
+    assert turns[real].tolist() == [2, 3, 4]
+    fs = data.feature_sets["text"]
+    norm = data.normaliser.norms[fs.name]
+    expected = ((_raw(fs, real[0]) - norm.mean[0]) / norm.std[0]).mean(0)
+    np.testing.assert_allclose(future.values[0, 0].numpy(), expected, rtol=1e-4, atol=1e-5)
+    # the last turn of a dialogue has no following turn: all masked
+    last = int(np.nonzero(dialogue == "dia0")[0][np.argmax(turns[dialogue == "dia0"])])
+    batch = data.batch_for_rows(np.array([row, last]))
+    assert not batch.context[future_key("text")].mask[1].any()
+    assert (batch.context[future_key("text")].values[1] == 0).all()
+    # context_future_turns=0 switches them off; past context is unchanged
+    past_only = _data(cache, context_turns=3, context_future_turns=0, normalisation="global")
+    only = past_only.batch_for_rows(np.array([row, last]))
+    assert future_key("text") not in only.context
+    torch.testing.assert_close(only.context["text"].values, batch.context["text"].values)
