@@ -548,3 +548,66 @@ def test_batch_missing_a_built_modality_is_a_clear_error():
     del batch.modalities["video"]
     with pytest.raises(ValueError, match="'video'"):
         build("late")(batch)
+
+
+def with_future(batch: Batch, turns: list[int], width: int = 3, seed: int = 1) -> Batch:
+    """`batch` plus right-padded following turns ("text_future"), `turns[i]` real ones per row."""
+    generator = torch.Generator().manual_seed(seed)
+    mask = torch.arange(width)[None, :] < torch.tensor(turns)[:, None]
+    values = torch.randn(len(turns), width, DIMS["text"], generator=generator) * mask[..., None]
+    batch.context = {**batch.context, "text_future": ModalityInput(values, mask, mask.any(dim=1))}
+    return batch
+
+
+@pytest.mark.parametrize("name, options", [
+    ("context", dict(context_window="both")),
+    ("context", dict(context_window="both", context_projection_size=6, max_future_turns=2)),
+    ("cmaf", dict(dialogue_context="both", dialogue_context_hidden_size=4)),
+])
+def test_future_turns_change_the_output_only_when_enabled(name, options):
+    turns = [2, 0, 3, 1, 3, 0]
+    batch = with_future(make_batch(), turns)
+    past_only = build(name).eval()
+    both = build(name, **options).eval()
+    reference_past, reference_both = past_only(batch).logits, both(batch).logits
+    changed = with_future(make_batch(), turns)
+    changed.context["text_future"].values[:, 0] += 1.0  # change the next turn
+    torch.testing.assert_close(past_only(changed).logits, reference_past)  # future turns not read
+    after = both(changed).logits
+    for row, n in enumerate(turns):
+        if n:
+            assert not torch.allclose(after[row], reference_both[row])
+        else:  # a row without following turns is unaffected
+            torch.testing.assert_close(after[row], reference_both[row])
+
+
+def test_bidirectional_context_ignores_padding_and_respects_the_turn_limits():
+    model = build("context", context_window="both", max_context_turns=2, max_future_turns=1).eval()
+    batch = with_future(make_batch(), [2, 1, 3, 0, 2, 1])
+    reference = model(batch).logits
+    # more padding: left of the past turns, right of the following turns
+    past, future = batch.context["text"], batch.context["text_future"]
+    zeros = lambda item, n: (item.values.new_zeros(item.values.shape[0], n, item.values.shape[2]), item.mask.new_zeros(item.mask.shape[0], n))
+    pv, pm = zeros(past, 2)
+    fv, fm = zeros(future, 3)
+    padded = dict(
+        text=ModalityInput(torch.cat([pv, past.values], 1), torch.cat([pm, past.mask], 1), past.present),
+        text_future=ModalityInput(torch.cat([future.values, fv], 1), torch.cat([future.mask, fm], 1), future.present),
+    )
+    batch.context = padded
+    torch.testing.assert_close(model(batch).logits, reference)
+    # turns beyond the limits are not read: the oldest past turn and the second following turn
+    batch.context["text"].values[:, -3] += 5.0
+    batch.context["text_future"].values[:, 1] += 5.0
+    torch.testing.assert_close(model(batch).logits, reference)
+    batch.context["text_future"].values[:, 0] += 5.0  # the next turn is read
+    assert not torch.allclose(model(batch).logits[0], reference[0])
+
+
+def test_bidirectional_context_needs_the_following_turns():
+    with pytest.raises(ValueError, match="text_future"):
+        build("context", context_window="both")(make_batch())
+    with pytest.raises(ValueError, match="context"):
+        build("cmaf", dialogue_context="past")(Batch(**{**make_batch().__dict__, "context": None}))
+    with pytest.raises(ValueError, match="context_window"):
+        build("context", context_window="future")

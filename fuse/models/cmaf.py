@@ -17,6 +17,15 @@ ones (text / audio / video, any subset):
    softmax over present modalities (alpha, reported as `gate_weights`), h_fusion + enhanced fusion.
 4. Head: 504 -> 512 -> ReLU -> dropout 0.185 -> n_classes (seed 1 Tables 1-2).
 
+Option (not in the seed; default off): `dialogue_context="past"` or `"both"` adds the `context`
+model's dialogue encoder (`fuse.models.context.encode_dialogue`) over the utterance-level text
+features of the surrounding turns (`batch.context["text"]`, and `"text_future"` for "both";
+train with `--context-turns N`): a GRU (bidirectional for "both") over up to
+`dialogue_max_past_turns` preceding turns + the current one (+ `dialogue_max_future_turns`
+following turns), its state at the current turn concatenated to the fused vector before the
+head. On text-only MELD, where cmaf reduces to projection + pooling + head, this is how it sees
+the dialogue (bidirectional context as in BiDialogueRNN / DialogueGCN / COSMIC, offline only).
+
 Loss: focal (alpha 1.148, gamma 1.582) for single-label, BCE for multi-label. Training defaults:
 seed 1 Tables 1 and 3 (`CMAFConfig.default_training`). The seed's 7 classes are a dataset property,
 so `n_classes` comes from the data. Attention maps are reported as "<query>_to_<key>",
@@ -44,6 +53,7 @@ from fuse.models.base import (
     stack_present,
 )
 from fuse.models.cma import CrossModalAttention, QueryKeyValueProjection
+from fuse.models.context import check_context_options, context_inputs, context_projection, encode_dialogue
 
 
 @dataclass
@@ -57,6 +67,11 @@ class CMAFConfig(ClassifierLossConfig):
     metadata_numeric_dim: int = 16
     gate_temperature: float = 1.0
     output_attentions: bool = True
+    dialogue_context: str = "none"  # "none" (seed), "past" or "both": text dialogue context, see docstring
+    dialogue_context_hidden_size: int = 128
+    dialogue_max_past_turns: int = 10  # current turn included
+    dialogue_max_future_turns: int = 10
+    dialogue_context_projection: int = 0  # > 0: Linear -> ReLU -> dropout before the GRU
 
     default_training: ClassVar[TrainingDefaults] = SEED1_TRAINING
 
@@ -64,6 +79,11 @@ class CMAFConfig(ClassifierLossConfig):
         super().__post_init__()
         if self.fusion_dim % self.num_heads:
             raise ValueError(f"fusion_dim ({self.fusion_dim}) must be divisible by num_heads ({self.num_heads})")
+        if self.dialogue_context not in ("none", "past", "both"):
+            raise ValueError(f"dialogue_context must be 'none', 'past' or 'both', got {self.dialogue_context!r}")
+        check_context_options(
+            "both", self.dialogue_max_past_turns, self.dialogue_max_future_turns, self.dialogue_context_projection
+        )
 
 
 class CMAFModel(FusionModel):
@@ -88,7 +108,22 @@ class CMAFModel(FusionModel):
         self.gated_fusion = AdaptiveGatedFusion(
             len(names), config.fusion_dim, self.metadata_encoder.output_dim, config.gate_temperature
         )
-        self.head = ClassificationHead(config.fusion_dim, config.hidden_size, n_classes, config.dropout)
+        head_input = config.fusion_dim
+        if config.dialogue_context != "none":
+            if "text" not in self.input_dims:
+                raise ValueError("dialogue_context needs the text modality (the dialogue is encoded from text)")
+            bidirectional = config.dialogue_context == "both"
+            self.dialogue_projection = context_projection(
+                self.input_dims["text"], config.dialogue_context_projection, config.dropout
+            )
+            self.dialogue_encoder = nn.GRU(
+                config.dialogue_context_projection or self.input_dims["text"],
+                config.dialogue_context_hidden_size,
+                batch_first=True,
+                bidirectional=bidirectional,
+            )
+            head_input += config.dialogue_context_hidden_size * (2 if bidirectional else 1)
+        self.head = ClassificationHead(head_input, config.hidden_size, n_classes, config.dropout)
         self.register_class_weights(config.class_weights)
 
     def forward(self, batch: Batch) -> ModelOutput:
@@ -117,6 +152,18 @@ class CMAFModel(FusionModel):
         features = torch.stack(features, dim=1) * present.unsqueeze(-1).to(features[0].dtype)
 
         fused, alpha = self.gated_fusion(features, present, self.metadata_encoder(batch))
+        if self.config.dialogue_context != "none":
+            both = self.config.dialogue_context == "both"
+            past, following = context_inputs(batch, "text", self.input_dims["text"], both)
+            state = encode_dialogue(
+                self.dialogue_encoder,
+                past,
+                following,
+                self.config.dialogue_max_past_turns,
+                self.config.dialogue_max_future_turns,
+                self.dialogue_projection,
+            )
+            fused = torch.cat([fused, state.to(fused.dtype)], dim=-1)
         logits = self.head(fused)
         return self.output_with_loss(
             logits,

@@ -12,6 +12,18 @@ this model is our way of using it. It reads
 The classifier is FC -> ReLU -> dropout -> FC on [pooled current utterance; context state].
 An utterance with no real context turn gets a zero context state.
 
+Options (defaults keep the model above):
+- `context_window="both"`: bidirectional dialogue context. The following turns,
+  `batch.context["text_future"]` (B, F, D; the data layer provides them with the context,
+  right-padded, next turn first), up to `max_future_turns`, are appended after the current
+  utterance and a bidirectional GRU reads the whole window; the context state is its output at
+  the current utterance (forward half: past and current, backward half: future and current),
+  2 x `context_hidden_size`. This is what BiDialogueRNN, DialogueGCN and COSMIC do for offline
+  MELD / IEMOCAP evaluation: they read the whole dialogue, future turns included. It is not
+  usable for online (causal) recognition.
+- `context_projection_size > 0`: turn features go through Linear -> ReLU -> dropout to that
+  size before the GRU (a smaller recurrent input, regularised); 0 feeds them as they are.
+
 Loss: cross-entropy by default (`loss="focal"` for seed 1's focal loss), BCE for multi-label.
 """
 from __future__ import annotations
@@ -21,9 +33,9 @@ from typing import ClassVar
 
 import torch
 from torch import nn
-from torch.nn.utils.rnn import pack_padded_sequence
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from fuse.batch import Batch
+from fuse.batch import Batch, ModalityInput
 from fuse.models.base import (
     BASELINE_TRAINING,
     ClassificationHead,
@@ -45,6 +57,9 @@ class ContextConfig(ClassifierLossConfig):
     max_context_turns: int = 10  # seed 1 Table 1 "Max Dialogue Length", current turn included
     hidden_size: int = 256
     dropout: float = 0.2
+    context_window: str = "past"  # "past": preceding turns + current; "both": also following turns
+    max_future_turns: int = 10  # following turns read with context_window="both"
+    context_projection_size: int = 0  # > 0: Linear -> ReLU -> dropout before the GRU
 
     default_training: ClassVar[TrainingDefaults] = BASELINE_TRAINING
 
@@ -52,8 +67,21 @@ class ContextConfig(ClassifierLossConfig):
         super().__post_init__()
         if self.pooling not in ("attention", "mean"):
             raise ValueError(f"pooling must be 'attention' or 'mean', got {self.pooling!r}")
-        if self.max_context_turns < 1:
-            raise ValueError(f"max_context_turns must be >= 1, got {self.max_context_turns}")
+        check_context_options(self.context_window, self.max_context_turns, self.max_future_turns, self.context_projection_size)
+
+
+CONTEXT_WINDOWS = ("past", "both")
+
+
+def check_context_options(window: str, max_past: int, max_future: int, projection: int) -> None:
+    if window not in CONTEXT_WINDOWS:
+        raise ValueError(f"context_window must be one of {CONTEXT_WINDOWS}, got {window!r}")
+    if max_past < 1:
+        raise ValueError(f"max_context_turns must be >= 1, got {max_past}")
+    if max_future < 0:
+        raise ValueError(f"max_future_turns must be >= 0, got {max_future}")
+    if projection < 0:
+        raise ValueError(f"context_projection_size must be >= 0, got {projection}")
 
 
 class AttentionPooling(nn.Module):
@@ -84,6 +112,81 @@ def compact_to_front(values: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Te
     return gathered, mask.sum(dim=1)
 
 
+def keep_first_turns(mask: torch.Tensor, max_turns: int) -> torch.Tensor:
+    """Restrict a (B, F) turn mask to each row's first `max_turns` real turns."""
+    rank = mask.long().cumsum(dim=1)
+    return mask & (rank <= max_turns)
+
+
+def context_inputs(batch: Batch, modality: str, dim: int, future: bool) -> tuple[ModalityInput, ModalityInput | None]:
+    """`batch.context[modality]` (and its following turns when `future`), checked."""
+    from fuse.data import future_key
+
+    if batch.context is None or modality not in batch.context:
+        raise ValueError(
+            f"this model needs batch.context[{modality!r}] (utterance-level features of the preceding "
+            "turns and the current one); build the data with dialogue context enabled (--context-turns N)"
+        )
+    past = batch.context[modality]
+    if past.values.ndim != 3 or past.values.shape[-1] != dim:
+        raise ValueError(f"context[{modality!r}] has shape {tuple(past.values.shape)}, expected (B, K, {dim})")
+    if not future:
+        return past, None
+    key = future_key(modality)
+    if key not in batch.context:
+        raise ValueError(
+            f"context_window='both' needs the following turns, batch.context[{key!r}]; "
+            "the data layer provides them with dialogue context (context_future_turns > 0)"
+        )
+    following = batch.context[key]
+    if following.values.ndim != 3 or following.values.shape[-1] != dim:
+        raise ValueError(f"context[{key!r}] has shape {tuple(following.values.shape)}, expected (B, F, {dim})")
+    return past, following
+
+
+def encode_dialogue(
+    gru: nn.GRU,
+    past: ModalityInput,
+    following: ModalityInput | None,
+    max_past: int,
+    max_future: int,
+    projection: nn.Module | None = None,
+) -> torch.Tensor:
+    """Context state of each utterance from its turn window; 0 without a real current/past turn.
+
+    past: (B, K, D) preceding turns and the current one (last real turn), any padding.
+    following: (B, F, D) next turns (first real turn = next), any padding; None: past only.
+    A unidirectional `gru` returns its state after the current turn (B, H); a bidirectional one
+    (with `following`) its output at the current turn, both directions (B, 2H).
+    """
+    mask = keep_last_turns(past.mask.bool(), max_past)
+    values = past.values if projection is None else projection(past.values)
+    if following is None:
+        values, lengths = compact_to_front(values, mask)
+        has_context = lengths > 0
+        packed = pack_padded_sequence(values, lengths.clamp(min=1).cpu(), batch_first=True, enforce_sorted=False)
+        _, last_hidden = gru(packed)
+        state = last_hidden[-1]  # top layer, (B, hidden), in the batch's original order
+        return state * has_context.unsqueeze(-1).to(state.dtype)
+    future_mask = keep_first_turns(following.mask.bool(), max_future)
+    future_values = following.values if projection is None else projection(following.values)
+    window = torch.cat([values, future_values.to(values.dtype)], dim=1)
+    window_mask = torch.cat([mask, future_mask], dim=1)
+    window, lengths = compact_to_front(window, window_mask)  # past real turns, then future ones
+    n_past = mask.sum(dim=1)
+    packed = pack_padded_sequence(window, lengths.clamp(min=1).cpu(), batch_first=True, enforce_sorted=False)
+    outputs, _ = pad_packed_sequence(gru(packed)[0], batch_first=True, total_length=window.shape[1])
+    current = (n_past - 1).clamp(min=0)
+    state = outputs[torch.arange(outputs.shape[0], device=outputs.device), current]
+    return state * (n_past > 0).unsqueeze(-1).to(state.dtype)
+
+
+def context_projection(input_dim: int, size: int, dropout: float) -> nn.Module | None:
+    if size <= 0:
+        return None
+    return nn.Sequential(nn.Linear(input_dim, size), nn.ReLU(), nn.Dropout(dropout))
+
+
 class ContextModel(FusionModel):
     """Current-utterance text + GRU over the dialogue context; see module docstring."""
 
@@ -97,35 +200,30 @@ class ContextModel(FusionModel):
         self.token_pooling = None
         if config.pooling == "attention":
             self.token_pooling = AttentionPooling(text_dim, config.context_hidden_size)
+        self.bidirectional = config.context_window == "both"
+        self.context_projection = context_projection(text_dim, config.context_projection_size, config.dropout)
         self.context_encoder = nn.GRU(
-            text_dim, config.context_hidden_size, num_layers=config.context_layers, batch_first=True
+            config.context_projection_size or text_dim,
+            config.context_hidden_size,
+            num_layers=config.context_layers,
+            batch_first=True,
+            bidirectional=self.bidirectional,
         )
-        self.head = ClassificationHead(
-            text_dim + config.context_hidden_size, config.hidden_size, n_classes, config.dropout
-        )
+        context_size = config.context_hidden_size * (2 if self.bidirectional else 1)
+        self.head = ClassificationHead(text_dim + context_size, config.hidden_size, n_classes, config.dropout)
         self.register_class_weights(config.class_weights)
 
     def encode_context(self, batch: Batch) -> torch.Tensor:
-        """(B, context_hidden_size) GRU state after the last real turn; 0 without any real turn."""
-        if batch.context is None or "text" not in batch.context:
-            raise ValueError(
-                "the context model needs batch.context['text'] (utterance-level features of the preceding "
-                "turns and the current one); build the data with dialogue context enabled"
-            )
-        context = batch.context["text"]
-        if context.values.ndim != 3 or context.values.shape[-1] != self.input_dims["text"]:
-            raise ValueError(
-                f"context['text'] has shape {tuple(context.values.shape)}, expected (B, K, {self.input_dims['text']})"
-            )
-        mask = keep_last_turns(context.mask.bool(), self.config.max_context_turns)
-        values, lengths = compact_to_front(context.values, mask)
-        has_context = lengths > 0
-        packed = pack_padded_sequence(
-            values, lengths.clamp(min=1).cpu(), batch_first=True, enforce_sorted=False
+        """(B, context size) context state at the current turn; 0 without any real turn."""
+        past, following = context_inputs(batch, "text", self.input_dims["text"], self.bidirectional)
+        return encode_dialogue(
+            self.context_encoder,
+            past,
+            following,
+            self.config.max_context_turns,
+            self.config.max_future_turns,
+            self.context_projection,
         )
-        _, last_hidden = self.context_encoder(packed)
-        state = last_hidden[-1]  # top layer, (B, hidden), in the batch's original order
-        return state * has_context.unsqueeze(-1).to(state.dtype)
 
     def forward(self, batch: Batch) -> ModelOutput:
         text = self.modality_inputs(batch)["text"]
