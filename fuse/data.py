@@ -56,7 +56,7 @@ import torch
 
 from cache_schema import Cache, CacheError, FeatureSet
 from fuse.batch import MODALITIES, Batch, ModalityInput
-from fuse.normalisation import Normaliser, truncated_rows
+from fuse.normalisation import AUTO, MODES, Normaliser, resolve_mode, truncated_rows
 
 DEFAULT_MAX_LEN = {"text": 512, "audio": 1500, "video": 1500}
 DEV_NAMES = ("dev", "valid", "val", "validation")
@@ -453,6 +453,7 @@ class FeatureData:
     ):
         self.cache, self.spec, self.normaliser, self.metadata, self.splits = cache, spec, normaliser, metadata, splits
         self.in_memory = in_memory
+        self.normalisation_note = "as stored in the run"  # for_training says how `auto` resolved
         self.prefetch = default_prefetch() if prefetch is None else prefetch
         self.feature_sets: dict[str, FeatureSet] = {m: cache[name] for m, name in spec.feature_sets.items()}
         self.columns = {c: cache.column(c) for c in ("id", "split", "speaker", "dataset", "dialogue_id", "turn")}
@@ -480,7 +481,7 @@ class FeatureData:
         *,
         task: str = "auto",
         max_len: dict[str, int] | None = None,
-        normalisation: str = "global",
+        normalisation: str = "auto",
         metadata: list[str] | None = None,
         context_turns: int = 0,
         context_future_turns: int | None = None,
@@ -505,6 +506,10 @@ class FeatureData:
         spec_max_len = {m: int(lengths[m]) for m in feature_sets}
         if metadata is None:
             metadata = default_metadata_columns(table_columns)
+        splits = resolve_splits(table_columns["split"], dialogue_keys(table_columns))
+        if normalisation != AUTO and normalisation not in MODES:
+            raise DataError(f"normalisation {normalisation!r} is not one of {AUTO}, {', '.join(MODES)}")
+        normalisation, normalisation_note = resolve_mode(normalisation, table_columns["speaker"], splits.train)
         spec = DataSpec(
             feature_sets=feature_sets,
             task=task,
@@ -518,7 +523,6 @@ class FeatureData:
             pool_blocks=pool_blocks,
             block_rows=block_rows,
         )
-        splits = resolve_splits(table_columns["split"], dialogue_keys(table_columns))
         available = set(cache.root["utterances"].array_keys())
         unknown = [c for c in metadata if c not in available]
         if unknown:
@@ -534,6 +538,7 @@ class FeatureData:
         except ValueError as exc:
             raise DataError(str(exc)) from None
         data = cls(cache, spec, normaliser, encoding, splits, in_memory=in_memory)
+        data.normalisation_note = normalisation_note
         data.prepare()
         return data
 
@@ -815,6 +820,7 @@ class FeatureData:
             "dev_split": self.splits.note,
             "ignored_splits": self.splits.ignored,
             "normalisation": self.normaliser.mode,
+            "normalisation_note": self.normalisation_note,
             "metadata": list(self.spec.metadata),
             "max_len": dict(self.spec.max_len),
             "truncated_utterances": {

@@ -2,7 +2,13 @@
 
 Modes, chosen with `fuse train --normalisation`:
 
-* `global` (default): one mean/std per feature dimension over every frame of every
+* `auto` (default): `speaker` when speaker statistics can be estimated, i.e. every training
+  utterance names its speaker and every training speaker has at least
+  `AUTO_MIN_UTTERANCES_PER_SPEAKER` training utterances (corpora with a few recurring
+  speakers: EmoDB, IEMOCAP, the demo); `global` otherwise (MELD's long tail of one-line
+  speakers, CMU-MOSEI's one video per speaker). The resolved mode is printed, recorded in the
+  run's data.json (spec and summary) and used again at evaluation.
+* `global`: one mean/std per feature dimension over every frame of every
   training utterance. This is what most fusion work does (CARAT normalises each modality
   before its transformer).
 * `speaker`: one mean/std per dimension *per speaker*, each fit on that speaker's own
@@ -32,6 +38,8 @@ from pathlib import Path
 import numpy as np
 
 MODES = ("global", "speaker", "none")
+AUTO = "auto"
+AUTO_MIN_UTTERANCES_PER_SPEAKER = 20
 GLOBAL_GROUP = "<global>"
 
 
@@ -139,6 +147,20 @@ class FeatureNorm:
         out *= self.scale[group_rows]
         out -= self.shift[group_rows]
         return out
+
+
+def resolve_mode(mode: str, speakers: np.ndarray, train_utterances: np.ndarray) -> tuple[str, str]:
+    """The concrete mode for `mode` (resolving `auto`, see the module docstring) and why."""
+    if mode != AUTO:
+        return mode, "as requested"
+    train_speakers = np.asarray(speakers, dtype=object)[np.asarray(train_utterances, dtype=np.int64)].astype(str)
+    if len(train_speakers) == 0 or (train_speakers == "").any():
+        return "global", "auto: some training utterances have no speaker"
+    _, counts = np.unique(train_speakers, return_counts=True)
+    if counts.min() < AUTO_MIN_UTTERANCES_PER_SPEAKER:
+        rare = int((counts < AUTO_MIN_UTTERANCES_PER_SPEAKER).sum())
+        return "global", f"auto: {rare} of {len(counts)} training speakers have < {AUTO_MIN_UTTERANCES_PER_SPEAKER} utterances"
+    return "speaker", f"auto: {len(counts)} training speakers, each with >= {AUTO_MIN_UTTERANCES_PER_SPEAKER} utterances"
 
 
 class Normaliser:

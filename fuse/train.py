@@ -80,7 +80,7 @@ class TrainOptions:
     metric: str | None = None
     threshold: float | None = None
     tune_threshold: bool = False
-    normalisation: str = "global"
+    normalisation: str = "auto"
     metadata: list[str] | None = None  # None: speaker when present
     max_len: dict[str, int] = field(default_factory=dict)
     context_turns: int | None = None  # None: 10 for models that read dialogue context, else 0
@@ -193,6 +193,29 @@ def save_plots(run_dir: Path, history, metrics_by_split, predictions_by_split, l
                 )
             )
     return [str(p) for p in written if p]
+
+
+def save_attention_example(run_dir: Path, model, data: FeatureData, rows: np.ndarray, device, model_name: str) -> str | None:
+    """Draw the default cross-modal map of the first utterance in `rows` with every modality present.
+
+    Models without cross-modal attention (late, context, ...) get no map; `fuse explain` draws
+    any other utterance or map.
+    """
+    from fuse import explain as E
+
+    complete = np.ones(len(rows), dtype=bool)
+    for fs in data.feature_sets.values():
+        complete &= fs.present[rows]
+    if len(data.feature_sets) < 2 or not complete.any():
+        return None
+    row = int(rows[np.argmax(complete)])
+    try:
+        result = E.attention_map(model, data, row, device, model_name=model_name)
+    except E.ExplainError:  # the model records no cross-modal maps
+        return None
+    utterance_id = str(data.columns["id"][row])
+    path = run_dir / f"attention_{E.safe_name(utterance_id)}_{result.name}.png"
+    return str(E.draw(result, path, utterance_id, model_name))
 
 
 def open_tensorboard(run_dir: Path, enabled: bool):
@@ -348,7 +371,8 @@ def _train(options: TrainOptions, *, resume: bool, on_epoch_end, echo) -> RunRes
     summary = data_record["summary"]
     echo(
         f"{options.model} on {cache.path}: {task}, {len(class_names)} classes, features {summary['feature_sets']}; "
-        f"train/dev/test {len(train_rows)}/{len(dev_rows)}/{len(test_rows)} labelled utterances; {summary['dev_split']}"
+        f"train/dev/test {len(train_rows)}/{len(dev_rows)}/{len(test_rows)} labelled utterances; {summary['dev_split']}; "
+        f"normalisation {summary['normalisation']} ({summary.get('normalisation_note', 'as stored in the run')})"
     )
     tensorboard = open_tensorboard(run_dir, options.tensorboard)
 
@@ -489,6 +513,9 @@ def _train(options: TrainOptions, *, resume: bool, on_epoch_end, echo) -> RunRes
     }
     runs.write_json(run_dir / runs.METRICS_FILE, metrics)
     plots = save_plots(run_dir, history, by_split, predictions, data.labels, class_names, task)
+    example = save_attention_example(run_dir, model, data, test_rows if len(test_rows) else dev_rows, device, options.model)
+    if example:
+        plots.append(example)
     last = runs.load_checkpoint(run_dir / runs.LAST)
     last.update(finished=True, stop_reason=stop_reason)
     runs.save_checkpoint(run_dir / runs.LAST, last)
@@ -496,7 +523,8 @@ def _train(options: TrainOptions, *, resume: bool, on_epoch_end, echo) -> RunRes
         tensorboard.close()
     echo(f"{stop_reason}; best epoch {best_epoch + 1} ({metric} {best_value:.4f} on dev)")
     echo(M.format_table(by_split, task))
-    echo(f"wrote {run_dir / runs.METRICS_FILE}, {len(plots)} plot(s)")
+    echo(f"metrics: {run_dir / runs.METRICS_FILE}")
+    echo("plots:\n" + "\n".join(f"  {p}" for p in plots))
     return RunResult(run_dir, metrics, history)
 
 

@@ -21,14 +21,19 @@ def cache_path(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def cmaf_run(cache_path, tmp_path_factory):
+def cmaf_training(cache_path, tmp_path_factory):
     out = str(tmp_path_factory.mktemp("runs") / "cmaf")
     result = CliRunner().invoke(
         main,
         ["train", "--cache", cache_path, "--model", "cmaf", "--out", out, "--epochs", "2", "--batch-size", "8", "--lr", "3e-3", "--no-progress", *SMALL_CMAF],
     )
     assert result.exit_code == 0, result.output
-    return out
+    return out, result.output
+
+
+@pytest.fixture(scope="module")
+def cmaf_run(cmaf_training):
+    return cmaf_training[0]
 
 
 def _run(*args):
@@ -42,6 +47,48 @@ def test_train_prints_metrics_and_writes_the_run(cmaf_run):
     assert config["model_config"] == {"fusion_dim": 16, "num_heads": 2, "hidden_size": 16}
     assert config["weight_decay"] == pytest.approx(3.75e-4), "unset options come from the model's defaults"
     assert os.path.isfile(f"{cmaf_run}/modality_weights_test.png")
+
+
+def test_train_prints_where_the_metrics_and_every_plot_are(cmaf_training):
+    out, printed = cmaf_training
+    listed = [line.strip() for line in printed.split("plots:", 1)[1].splitlines() if line.strip()]
+    names = {os.path.basename(p) for p in listed}
+    assert {"confusion_test.png", "modality_weights_test.png", "training_curves.png"} <= names
+    attention = [n for n in names if n.startswith("attention_")]
+    assert len(attention) == 1 and attention[0].endswith("_text_to_audio.png"), names
+    assert all(os.path.isfile(p) and os.path.dirname(p) == out for p in listed)
+    assert f"metrics: {out}/metrics.json" in printed
+
+
+def test_late_fusion_run_draws_no_attention_map(cache_path, tmp_path):
+    out = str(tmp_path / "late")
+    result = _run("train", "--cache", cache_path, "--model", "late", "--out", out, "--epochs", "1", "--no-progress")
+    assert result.exit_code == 0, result.output
+    assert "confusion_test.png" in result.output and "attention_" not in result.output
+
+
+def test_ablate_trains_fused_and_each_modality_with_the_same_seeds(cache_path, tmp_path):
+    out = tmp_path / "ablation"
+    args = ["ablate", "--cache", cache_path, "--model", "late", "--seeds", "0,1", "--epochs", "2", "--out", str(out)]
+    result = _run(*args)
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "ablation.json").read_text())
+    assert list(report["arms"]) == ["fused", "text", "audio", "video"]
+    assert report["comparison_split"] == "test" and report["metric"] == "weighted_f1"
+    for arm, record in report["arms"].items():
+        assert len(record["runs"]) == 2 and len(record["splits"]["test"]["weighted_f1"]) == 2
+        for run in record["runs"]:
+            config = yaml.safe_load((out / run / "config.yaml").read_text())
+            chosen = {m for m in ("text", "audio", "video") if config[m] != "none"}
+            assert chosen == ({"text", "audio", "video"} if arm == "fused" else {arm})
+    best_single = max(sum(report["arms"][m]["splits"]["test"]["weighted_f1"]) / 2 for m in ("text", "audio", "video"))
+    fused = sum(report["arms"]["fused"]["splits"]["test"]["weighted_f1"]) / 2
+    assert report["fusion_margin"] == pytest.approx(fused - best_single)
+    assert "fused (" in result.output and "video only" in result.output
+    again = _run(*args)  # every run finished: nothing is retrained, same report
+    assert again.exit_code == 0 and json.loads((out / "ablation.json").read_text()) == report
+    one = _run("ablate", "--cache", cache_path, "--text", "none", "--audio", "none", "--out", str(tmp_path / "x"))
+    assert one.exit_code == 2 and "at least two modalities" in one.output
 
 
 def test_evaluate_updates_metrics_json(cmaf_run):

@@ -301,3 +301,27 @@ def test_batches_carry_the_following_turns(cache):
     only = past_only.batch_for_rows(np.array([row, last]))
     assert future_key("text") not in only.context
     torch.testing.assert_close(only.context["text"].values, batch.context["text"].values)
+
+
+def test_auto_normalisation_resolves_by_speaker_counts():
+    from fuse.normalisation import AUTO_MIN_UTTERANCES_PER_SPEAKER as K, resolve_mode
+
+    recurring = np.array(["a"] * K + ["b"] * K + ["c"])  # "c" only outside training
+    train = np.arange(2 * K)
+    assert resolve_mode("auto", recurring, train)[0] == "speaker"
+    one_rare = np.array(["a"] * K + ["b"] * (K - 1))  # MELD-like: a speaker with few lines
+    mode, note = resolve_mode("auto", one_rare, np.arange(len(one_rare)))
+    assert mode == "global" and "1 of 2 training speakers" in note
+    unnamed = np.array(["a"] * K + [""] * K)
+    assert resolve_mode("auto", unnamed, np.arange(2 * K))[0] == "global"
+    assert resolve_mode("global", recurring, train) == ("global", "as requested")
+
+
+def test_auto_normalisation_is_stored_resolved(cache):
+    data = FeatureData.for_training(cache, {}, normalisation="auto")
+    counts = np.unique(data.speakers[data.splits.train], return_counts=True)[1]
+    expected = "speaker" if counts.min() >= 20 else "global"
+    assert data.normaliser.mode == data.spec.normalisation == expected
+    assert data.summary()["normalisation_note"].startswith("auto:")
+    with pytest.raises(DataError, match="not one of"):
+        FeatureData.for_training(cache, {}, normalisation="per-speaker")

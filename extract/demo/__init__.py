@@ -1,13 +1,13 @@
 """Bundled synthetic demo corpus: MELD-shaped dialogues with text, speech-like audio and a face.
 
-`python -m extract.demo OUT_DIR [--dialogues 20] [--seed 0] [--workers 1]`, or
-`generate_demo(out_dir, n_dialogues=20, seed=0, workers=1) -> summary dict`.
+`python -m extract.demo OUT_DIR [--dialogues 48] [--seed 0] [--workers 1]`, or
+`generate_demo(out_dir, n_dialogues=48, seed=0, workers=1) -> summary dict`.
 
 What is written (MELD.Raw's layout, so `extract.corpora.meld` reads it unchanged):
 `{train,dev,test}_sent_emo.csv` with MELD's eleven columns, and one MP4 per row (H.264 video
 + AAC 16 kHz mono audio) in `train_splits/`, `dev_splits_complete/` and
 `output_repeated_splits_test/`, named `dia{D}_utt{U}.mp4`. Dialogues have 5-8 utterances
-between 2-3 of four speakers; 15% of dialogues go to dev, 15% to test (14/3/3 for 20), and
+between 2-3 of four speakers; 15% of dialogues go to dev, 15% to test (34/7/7 for 48), and
 Dialogue_ID restarts at 0 in each split, as in MELD. Also `README.txt` (says it is synthetic)
 and `demo_modality_renderings.csv` (what each modality expressed, for checking ceilings).
 

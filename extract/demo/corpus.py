@@ -23,7 +23,7 @@ MELD_COLUMNS = (
 RENDERINGS_FILE = "demo_modality_renderings.csv"
 README_MARKER = "emofuse synthetic demo corpus"
 
-# Label prior: MELD's order of frequency, flattened so that 20 dialogues hold every class.
+# Label prior: MELD's order of frequency, flattened so that even a small demo holds every class.
 EMOTION_PRIOR = {"neutral": 0.28, "joy": 0.18, "surprise": 0.13, "anger": 0.12, "sadness": 0.11, "disgust": 0.08, "fear": 0.10}
 # Per utterance and modality, independently: P_FLAT renders neutral instead of the true
 # emotion, P_CONFUSABLE renders one of the true emotion's CONFUSABLE partners (uniformly).
@@ -96,7 +96,7 @@ def sentiment_of(emotion: str) -> str:
 
 
 def split_sizes(n_dialogues: int) -> dict[str, int]:
-    """Dialogues per split: 15% dev, 15% test (at least one each), the rest train (14/3/3 for 20)."""
+    """Dialogues per split: 15% dev, 15% test (at least one each), the rest train (34/7/7 for 48)."""
     if n_dialogues < 3:
         raise ValueError(f"n_dialogues={n_dialogues}: need at least 3 (one per train/dev/test split)")
     held_out = max(1, round(0.15 * n_dialogues))
@@ -206,7 +206,7 @@ def format_meld_time(seconds: float) -> str:
     return f"{hours:02d}:{minutes:02d}:{rest // 1000:02d},{rest % 1000:03d}"
 
 
-def generate_demo(out_dir: str | Path, n_dialogues: int = 20, seed: int = 0, workers: int = 1) -> dict:
+def generate_demo(out_dir: str | Path, n_dialogues: int = 48, seed: int = 0, workers: int = 1) -> dict:
     """Write the synthetic MELD-layout corpus to `out_dir`; return a summary dict.
 
     workers > 1 renders and encodes clips in that many processes; every clip has its own

@@ -14,6 +14,7 @@ _COMMANDS = {
     "predict": ("fuse.cli.predict", "predict"),
     "explain": ("fuse.cli.explain", "explain"),
     "sweep": ("fuse.cli.sweep", "sweep"),
+    "ablate": ("fuse.cli.ablate", "ablate"),
 }
 
 _HELP = {
@@ -23,6 +24,7 @@ _HELP = {
     "predict": "Write per-utterance predictions of a trained run.",
     "explain": "Plot cross-modal attention for one utterance.",
     "sweep": "Run a grid of training configs against one cache.",
+    "ablate": "Fused model vs each modality alone, same seeds.",
 }
 
 

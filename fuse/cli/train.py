@@ -88,7 +88,10 @@ def load_yaml_config(path: str) -> dict:
 @click.option("--metric", help="Validation metric for early stopping [weighted_f1 / micro_f1].")
 @click.option("--threshold", type=click.FloatRange(0, 1), help="Multi-label decision threshold [model default, else 0.5].")
 @click.option("--tune-threshold", is_flag=True, help="Multi-label: pick the threshold on dev after training.")
-@click.option("--normalisation", type=click.Choice(["global", "speaker", "none"]), default="global", show_default=True)
+@click.option(
+    "--normalisation", type=click.Choice(["auto", "global", "speaker", "none"]), default="auto", show_default=True,
+    help="auto: speaker when every training speaker has >= 20 training utterances, else global.",
+)
 @click.option("--metadata", help="Comma-separated metadata columns, or 'none' [speaker when present].")
 @click.option("--max-len", "max_len", multiple=True, help="Frames kept per modality, e.g. audio=2000,video=500.")
 @click.option("--context-turns", type=click.IntRange(min=0), help="Preceding dialogue turns in Batch.context [10 for context models, else 0].")
