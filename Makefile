@@ -20,7 +20,7 @@ demo: $(STAMP)
 	$(BIN)/fuse train --cache data/feats.zarr
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -n 2 tests
+	$(BIN)/python -m pytest -q -n 2 --dist loadgroup tests
 
 bench: $(STAMP)
 	$(BIN)/python bench/cache_io.py

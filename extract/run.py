@@ -520,6 +520,8 @@ def run_merge(value: dict, cache: str, index_file: str, work_dir: str, compressi
         "first_failures": failures[:5],
         "merge_seconds": round(time.perf_counter() - started, 3),
         "nonfinite_replaced_by_zero": attrs.get("nonfinite_replaced_by_zero"),
+        # said again at the end of every run: features of an untrained encoder are no baseline
+        "untrained_weights": provenance.get("weights") if provenance.get("pretrained") is False else None,
     }
     _write_json(out, summary)
     log.info("%s: merged %d part(s), %d/%d utterances extracted, %d failed -> %s", name, len(parts), ok, n, failed, cache)
@@ -544,6 +546,8 @@ def format_summary(summaries: list[dict], n_utterances: int) -> str:
         if s["first_failures"]:
             f = s["first_failures"][0]
             lines.append(f"    first failure: {f['utterance_id']} ({f['file'] or '-'}): {f['reason'][:160]}")
+        if s.get("untrained_weights"):
+            lines.append(f"    NOTE weights: {s['untrained_weights']}")
         if s.get("nonfinite_replaced_by_zero"):
             lines.append(f"    non-finite values replaced by 0: {s['nonfinite_replaced_by_zero']}")
     return "\n".join(lines)

@@ -10,7 +10,7 @@ A run folder (`runs/<name>/`) holds
     best.pt              the best epoch's model, with everything needed to rebuild it
     log.csv              one row per epoch: losses, validation metrics, lr, time, skipped steps
     metrics.json         per split: the metrics of the best model (and the threshold used)
-    *.png                confusion matrices, training curves, modality weights
+    *.png                confusion matrices, training curves, modality weights, an attention map
     tensorboard/         TensorBoard events, when tensorboard is installed
 
 Checkpoints are plain dicts of tensors and JSON-like values so `torch.load(weights_only=True)`
@@ -38,6 +38,26 @@ from cache_schema import Cache
 PROVENANCE_FIELDS = ("checkpoint", "revision", "weights_sha256", "dim", "encoder_kind")
 CONFIG_FILE, DATA_FILE, NORMALISATION_FILE = "config.yaml", "data.json", "normalisation"
 LAST, BEST, LOG_FILE, METRICS_FILE = "last.pt", "best.pt", "log.csv", "metrics.json"
+
+
+def default_run_dir(model: str, latest: bool = False, root: str | Path = "runs") -> Path:
+    """The run folder when --out is not given: runs/<model>, else runs/<model>-2, -3, ...
+
+    A new run takes the first folder that does not exist or is empty, so training twice never
+    overwrites nor refuses (as `runs/train`, `runs/train2` in ultralytics); `latest=True`
+    (for --resume) returns the highest-numbered existing one.
+    """
+    root = Path(root)
+
+    def candidate(n: int) -> Path:
+        return root / (model if n == 1 else f"{model}-{n}")
+
+    n = 1
+    while candidate(n).is_dir() and any(candidate(n).iterdir()):
+        n += 1
+    if latest:
+        return candidate(max(1, n - 1))
+    return candidate(n)
 
 
 class RunError(ValueError):

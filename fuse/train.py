@@ -61,7 +61,7 @@ class TrainOptions:
 
     cache: str
     model: str = "cmaf"
-    out: str | None = None  # default runs/<model>
+    out: str | None = None  # default: runs/<model>, or runs/<model>-N when taken (runs.default_run_dir)
     text: str | None = None
     audio: str | None = None
     video: str | None = None
@@ -136,7 +136,7 @@ def resolve_options(options: TrainOptions) -> TrainOptions:
     if resolved.threshold is None:
         resolved.threshold = defaults.threshold if defaults.threshold is not None else 0.5
     if resolved.out is None:
-        resolved.out = str(Path("runs") / options.model)
+        resolved.out = str(runs.default_run_dir(options.model))
     if resolved.cache:  # absolute, so --resume/evaluate work from any working directory
         resolved.cache = str(Path(resolved.cache).resolve())
     if resolved.context_turns is None:
@@ -260,7 +260,7 @@ def train(
 def _train(options: TrainOptions, *, resume: bool, on_epoch_end, echo) -> RunResult:
     # ---- options and run folder -----------------------------------------------------------
     if resume:
-        run_dir = Path(options.out or Path("runs") / options.model)
+        run_dir = Path(options.out or runs.default_run_dir(options.model, latest=True))
         saved = runs.load_config(run_dir)
         options = TrainOptions.from_dict({**saved, "device": options.device, "progress": options.progress})
         state = runs.load_checkpoint(run_dir / runs.LAST)
@@ -577,7 +577,7 @@ def _write_log(run_dir: Path, history: list[dict[str, Any]]) -> None:
 def train_seeds(options: TrainOptions, seeds: list[int], *, resume: bool = False, echo=print) -> dict[str, Any]:
     """One run per seed in <out>/seed-<s>; returns and writes <out>/seeds.json (mean ± std)."""
     base = resolve_options(options) if not resume else options
-    out = Path(base.out or Path("runs") / base.model)
+    out = Path(base.out or runs.default_run_dir(base.model, latest=True))
     results = {}
     for seed in seeds:
         echo(f"=== seed {seed} ===")

@@ -172,3 +172,19 @@ def test_config_file_with_flag_override_and_seeds(cache_path, tmp_path):
 def test_resume_through_the_cli_after_finishing(cmaf_run):
     result = _run("train", "--resume", "--out", cmaf_run)
     assert result.exit_code == 0 and "already finished" in result.output
+
+
+def test_training_twice_without_out_takes_the_next_run_folder(cache_path, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    args = ["train", "--cache", cache_path, "--model", "late", "--epochs", "1", "--no-progress"]
+    first, second = _run(*args), _run(*args)
+    assert first.exit_code == 0 and second.exit_code == 0, second.output
+    assert "metrics: runs/late/metrics.json" in first.output
+    assert "metrics: runs/late-2/metrics.json" in second.output
+    assert (tmp_path / "runs/late/metrics.json").is_file() and (tmp_path / "runs/late-2/metrics.json").is_file()
+    resumed = _run("train", "--resume", "--no-progress")  # no --out: the latest run of the default model
+    assert resumed.exit_code == 2 and "runs/cmaf" in resumed.output
+    resumed = _run("train", "--resume", "--model", "late", "--no-progress")
+    assert resumed.exit_code == 0 and "runs/late-2: already finished" in resumed.output
+    taken = _run(*args, "--out", "runs/late")  # an explicit folder is never reused
+    assert taken.exit_code == 2 and "already holds a run" in taken.output

@@ -67,7 +67,7 @@ def load_yaml_config(path: str) -> dict:
 @click.command("train")
 @click.option("--cache", type=click.Path(), help="Feature cache (Zarr) to train from.")
 @click.option("--model", default="cmaf", show_default=True, help="Model name (cma, agf, cmaf, carat, late, context).")
-@click.option("--out", type=click.Path(), help="Run folder [default: runs/<model>].")
+@click.option("--out", type=click.Path(), help="Run folder [default: runs/<model>, or runs/<model>-2, -3 ... when taken; with --resume the latest].")
 @click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False), help="YAML file of options; flags override it.")
 @click.option("--text", help="Text feature set (or 'none').")
 @click.option("--audio", help="Audio feature set (or 'none').")
@@ -131,6 +131,10 @@ def train(ctx: click.Context, config_file, seeds, metadata, max_len, overrides, 
             fail(f"--resume continues a run with its saved options; do not pass {', '.join('--' + e.replace('_', '-') for e in extra)}")
     elif not options.get("cache"):
         fail("--cache is required (or give `cache:` in --config)")
+    if not options.get("out"):  # decided here so that messages name the folder actually used
+        from fuse.runs import default_run_dir
+
+        options["out"] = str(default_run_dir(options.get("model") or "cmaf", latest=resume))
     try:
         train_options = TrainOptions.from_dict({"cache": options.pop("cache", None) or "", **options})
         if seed_list:
@@ -142,5 +146,4 @@ def train(ctx: click.Context, config_file, seeds, metadata, max_len, overrides, 
     except (TrainingError, DataError, RunError, CacheError) as exc:
         fail(str(exc))
     except KeyboardInterrupt:
-        out = train_options.out or f"runs/{train_options.model}"
-        fail(f"interrupted; continue with: fuse train --resume --out {out}", code=130)
+        fail(f"interrupted; continue with: fuse train --resume --out {options['out']}", code=130)
