@@ -87,6 +87,10 @@ def test_ablate_trains_fused_and_each_modality_with_the_same_seeds(cache_path, t
     assert "fused (" in result.output and "video only" in result.output
     again = _run(*args)  # every run finished: nothing is retrained, same report
     assert again.exit_code == 0 and json.loads((out / "ablation.json").read_text()) == report
+    speaker = _run(*args[:-1], str(tmp_path / "speaker"), "--normalisation", "speaker")
+    assert speaker.exit_code == 0, speaker.output
+    run = json.loads((tmp_path / "speaker" / "ablation.json").read_text())["arms"]["fused"]["runs"][0]
+    assert json.loads((tmp_path / "speaker" / run / "data.json").read_text())["spec"]["normalisation"] == "speaker"
     one = _run("ablate", "--cache", cache_path, "--text", "none", "--audio", "none", "--out", str(tmp_path / "x"))
     assert one.exit_code == 2 and "at least two modalities" in one.output
 

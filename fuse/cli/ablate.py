@@ -26,8 +26,9 @@ def _fail(message: str, code: int) -> None:
 @click.option("--audio", help="Audio feature set [the cache's only one].")
 @click.option("--video", help="Video feature set [the cache's only one].")
 @click.option("--epochs", type=click.IntRange(min=1), help="Maximum epochs [model default].")
+@click.option("--normalisation", type=click.Choice(["auto", "global", "speaker", "none"]), help="Feature normalisation [auto, as fuse train].")
 @click.option("--jobs", type=click.IntRange(min=1), default=1, show_default=True, help="Worker processes.")
-def ablate(cache, model, seeds, out, text, audio, video, epochs, jobs) -> None:
+def ablate(cache, model, seeds, out, text, audio, video, epochs, normalisation, jobs) -> None:
     """Train the fused model and each modality alone; report whether fusion helps."""
     from fuse.ablation import AblationError, run_ablation
     from fuse.sweep import SweepError, SweepInterrupted
@@ -36,7 +37,7 @@ def ablate(cache, model, seeds, out, text, audio, video, epochs, jobs) -> None:
         seed_list = [int(s) for s in seeds.split(",") if s.strip()]
     except ValueError:
         _fail(f"--seeds {seeds!r}: expected comma-separated integers", 2)
-    options = {} if epochs is None else {"epochs": epochs}
+    options = {k: v for k, v in (("epochs", epochs), ("normalisation", normalisation)) if v is not None}
     try:
         result = run_ablation(
             cache, out, model=model, seeds=seed_list, requested={"text": text, "audio": audio, "video": video},
