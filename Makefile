@@ -26,4 +26,4 @@ bench: $(STAMP)
 	$(BIN)/python bench/cache_io.py
 
 clean-demo:
-	rm -rf data/demo data/feats.zarr data/work runs/cmaf .snakemake
+	rm -rf data/demo data/feats.zarr data/work runs/cmaf runs/cmaf-* .snakemake

@@ -44,6 +44,38 @@ def cache_section(r: dict) -> str:
     return f"### Cache I/O\n\n`{r['command']}` → `bench/results/cache_io.json`\n\n" + _table(rows)
 
 
+def demo_section(r: dict) -> str:
+    first, second = r["first_run"], r["second_run"]
+    rows = [
+        ("commit", r["commit"]),
+        ("machine", f"{r['machine']['cores']} cores, {r['machine']['platform']}"),
+        ("first `make demo` (fresh clone: venv, installs, corpus, extraction, training)", f"**{first['wall_seconds']} s** (target ≤ 600 s)"),
+        ("of which `snakemake extract` (Snakemake's elapsed time)", f"{first['snakemake_elapsed_seconds']} s"),
+        ("second `make demo`", f"{second['wall_seconds']} s; extraction skipped: {second['extraction_skipped']}; new run folder {second['run_folder']}"),
+    ]
+    parts = [f"### The demo (`make demo`)\n\n`{r['command']}` → `bench/results/demo.json`\n\n" + _table(rows)]
+    parts.append("\nWhat the first run printed:\n\n```\n" + first["metrics_table"] + "\n```")
+    for key, title in (("ablation", "Fused vs each modality alone (`auto` = per-speaker normalisation)"), ("ablation_global_normalisation", "The same with global normalisation")):
+        if key in r:
+            parts.append(f"\n{title}: `{r[key]['command']}`\n\n" + r[key]["table"])
+    return "\n".join(parts)
+
+
+def demo_size_section(r: dict) -> str:
+    lines = [
+        f"### Demo size: does fusion show?\n\n`{r['command']}` → `bench/results/demo_size.json` ({r['protocol']})\n",
+        "| dialogues | train/dev/test utterances | fused wF1 (mean) | text / audio / video alone | fusion beats all, mean | seeds where fusion beats all |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for n, x in r["results"].items():
+        u, m = x["utterances"], x["test_weighted_f1_mean"]
+        lines.append(
+            f"| {n} | {u['train']}/{u['dev']}/{u['test']} | {m['fused']:.4f} | {m['text']:.4f} / {m['audio']:.4f} / {m['video']:.4f} | "
+            f"{x['fusion_beats_every_modality_in_the_mean']} | {x['seeds_where_fusion_beats_every_modality']} |"
+        )
+    return "\n".join(lines)
+
+
 def generic_section(title: str, path: str, r: dict) -> str:
     flat: list[tuple[str, str]] = []
 
@@ -77,6 +109,11 @@ def main() -> None:
         parts.append("No real-data results yet (run the scripts in `benchmarks/`).")
     for path in real:
         parts += [generic_section(path.parent.name, str(path.relative_to(ROOT)), _load(path)), ""]
+    demo = _load(RESULTS / "demo.json")
+    parts += ["## The demo", "", demo_section(demo) if demo else "Not run yet (`python bench/demo.py`).", ""]
+    size = _load(RESULTS / "demo_size.json")
+    if size:
+        parts += [demo_size_section(size), ""]
     parts += ["## Performance", ""]
     cache = _load(RESULTS / "cache_io.json")
     parts += [cache_section(cache) if cache else "Cache I/O: not run yet (`python bench/cache_io.py`).", ""]
