@@ -10,7 +10,12 @@ loss and per-emotion F1. Predictions are `probability >= threshold`; the thresho
 model's default (CARAT: 0.2) unless tuned on the validation split with `tune_threshold`.
 
 `zero_division=0` everywhere: a class never predicted scores 0 rather than raising a warning,
-which is what the literature's tables assume.
+which is what the literature's tables assume. A class absent from the evaluated split (EmoDB
+speaker 08 has no disgust utterance, so a leave-one-speaker-out fold lacks it) is left out of
+UAR, which averages recall over the classes that occur (sklearn's `balanced_accuracy_score`);
+counting it as recall 0 would cap that fold's UAR at 6/7. Macro F1 averages over the classes
+that occur in the truth or the predictions (sklearn's default), so predicting an absent class
+still costs.
 """
 from __future__ import annotations
 
@@ -48,8 +53,8 @@ def single_label_metrics(y_true: np.ndarray, y_pred: np.ndarray, class_names: li
         "weighted_precision": float(precision),
         "weighted_recall": float(recall),
         "weighted_f1": float(f1),
-        "macro_f1": float(f1_score(y_true, y_pred, labels=labels, average="macro", zero_division=0)),
-        "uar": float(recall_score(y_true, y_pred, labels=labels, average="macro", zero_division=0)),
+        "macro_f1": float(f1_score(y_true, y_pred, labels=np.union1d(y_true, y_pred), average="macro", zero_division=0)),
+        "uar": float(recall_score(y_true, y_pred, labels=np.unique(y_true), average="macro", zero_division=0)),
         "per_class": {name: _floats(report[name]) for name in class_names},
         "confusion_matrix": confusion_matrix(y_true, y_pred, labels=labels).tolist(),
         "n": int(len(y_true)),

@@ -31,10 +31,19 @@ def test_single_label_metrics_match_sklearn():
     assert m["per_class"]["anger"]["support"] == 4
 
 
-def test_single_label_counts_classes_never_seen():
+def test_single_label_class_absent_from_the_split():
+    # A perfect prediction on a split without class c scores 1, not 2/3.
     m = M.single_label_metrics(np.array([0, 0, 1]), np.array([0, 0, 1]), ["a", "b", "c"])
     assert m["confusion_matrix"] == [[2, 0, 0], [0, 1, 0], [0, 0, 0]]
-    assert m["macro_f1"] == pytest.approx(skm.f1_score([0, 0, 1], [0, 0, 1], labels=[0, 1, 2], average="macro", zero_division=0))
+    assert m["macro_f1"] == 1.0 and m["uar"] == 1.0
+    assert m["per_class"]["c"]["support"] == 0
+    # Predicting the absent class: UAR averages recall over the classes present (as
+    # balanced accuracy does); macro F1 counts the absent class's F1 of 0.
+    y_true, y_pred = np.array([0, 0, 1, 1]), np.array([0, 2, 1, 1])
+    m = M.single_label_metrics(y_true, y_pred, ["a", "b", "c"])
+    assert m["uar"] == pytest.approx(0.75) == pytest.approx(skm.balanced_accuracy_score(y_true, y_pred))
+    assert m["macro_f1"] == pytest.approx(skm.f1_score(y_true, y_pred, average="macro", zero_division=0))
+    assert m["macro_f1"] == pytest.approx((2 / 3 + 1 + 0) / 3)
 
 
 def test_multi_label_metrics_match_sklearn():
