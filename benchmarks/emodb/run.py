@@ -100,7 +100,7 @@ def svm_reference(cache_path: str, folds: list[dict]) -> dict:
 
     cache = open_cache(cache_path)
     labels = np.asarray(cache.column("label"))
-    names = list(cache.table().label_names)
+    names = list(cache.table.label_names)
     speakers = np.asarray(cache.column("speaker"), dtype=object).astype(str)
     out = {}
     for name in ("audio.egemaps-functionals", "audio.compare-functionals"):
