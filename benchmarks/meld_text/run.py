@@ -22,10 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -36,44 +33,14 @@ import yaml
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
 sys.path.insert(0, str(ROOT))
+from benchmarks.common import machine, run_extraction  # noqa: E402
 
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "meld"
 REPORTED = ("weighted_f1", "accuracy", "macro_f1")
 
 
-def machine() -> dict:
-    import torch
-
-    return {
-        "cpu": platform.processor() or platform.machine(),
-        "cores": os.cpu_count(),
-        "torch": torch.__version__,
-        "torch_threads": torch.get_num_threads(),
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-    }
-
-
 def extract(config: dict, data: Path, work: Path) -> dict:
-    """Run the extraction workflow on config['extract']; returns the cache path and timings."""
-    spec = dict(config["extract"])
-    spec["corpus"] = {**spec["corpus"], "root": str(data.resolve())}
-    spec["cache"] = str(work / "meld_text.zarr")
-    spec["work_dir"] = str(work / "extract")
-    work.mkdir(parents=True, exist_ok=True)
-    (work / "extract.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
-    command = [str(Path(sys.executable).parent / "snakemake"), "extract", "--cores", "2", "-s", str(ROOT / "Snakefile"), "-d", str(work), "--configfile", str(work / "extract.yaml")]
-    print("$ " + " ".join(command), flush=True)
-    started = time.perf_counter()
-    with open(work / "extract.log", "w") as log:
-        done = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "HF_HUB_OFFLINE": "1"})
-    seconds = time.perf_counter() - started
-    if done.returncode != 0:
-        raise SystemExit(f"extraction failed; see {work / 'extract.log'}:\n" + (work / "extract.log").read_text()[-3000:])
-    report = json.loads((work / "extract" / "validated.json").read_text())
-    per_set = {f["feature"]: {"encode_seconds": round(float(f["encode_seconds"]), 1), "coverage": f["coverage"]} for f in report["features"]}
-    ran = "Nothing to be done" not in (work / "extract.log").read_text()
-    return {"cache": spec["cache"], "wall_seconds": round(seconds, 1), "ran": ran, "feature_sets": per_set, "n_utterances": report["n_utterances"]}
+    return run_extraction(config, data, work, "meld_text.zarr")
 
 
 def meld_dev_as_test(cache: str, view: Path) -> Path:
