@@ -611,3 +611,18 @@ def test_bidirectional_context_needs_the_following_turns():
         build("cmaf", dialogue_context="past")(Batch(**{**make_batch().__dict__, "context": None}))
     with pytest.raises(ValueError, match="context_window"):
         build("context", context_window="future")
+
+
+def test_late_with_hidden_size_0_is_a_linear_classifier():
+    model = build("late", hidden_size=0)
+    batch = make_batch()
+    linear_layers = [m for m in model.head.modules() if isinstance(m, torch.nn.Linear)]
+    assert len(linear_layers) == 1 and linear_layers[0].in_features == sum(DIMS.values())
+    model.eval()
+    output = model(batch)
+    assert output.logits.shape == (len(batch.label), N_CLASSES)
+    # No hidden layer: the logits are one affine map of the concatenated pooled features.
+    torch.testing.assert_close(output.logits, linear_layers[0](output.fused))
+    output.loss.backward()
+    with pytest.raises(ValueError, match="hidden_size must be >= 0"):
+        build("late", hidden_size=-1)

@@ -3,7 +3,9 @@
 Each modality's sequence is masked-mean pooled; the pooled vectors are concatenated in the
 canonical order (text, audio, video), with zeros for a missing modality, and classified by
 FC -> ReLU -> dropout -> FC. Not described by either seed; it is the reference point the fusion
-models must beat. Loss: cross-entropy by default (`loss="focal"` to use seed 1's focal loss),
+models must beat. `hidden_size=0` makes the head linear (dropout -> FC), the classic choice for
+a few hundred utterances with thousands of inputs such as ComParE functionals, where linear
+SVMs are the field's baseline. Loss: cross-entropy by default (`loss="focal"` to use seed 1's focal loss),
 BCE for multi-label.
 """
 from __future__ import annotations
@@ -28,8 +30,13 @@ from fuse.models.base import (
 @dataclass
 class LateFusionConfig(ClassifierLossConfig):
     loss: str = "cross_entropy"
-    hidden_size: int = 256
+    hidden_size: int = 256  # 0: a linear head (dropout -> FC)
     dropout: float = 0.2
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.hidden_size < 0:
+            raise ValueError(f"hidden_size must be >= 0 (0: a linear head), got {self.hidden_size}")
 
     default_training: ClassVar[TrainingDefaults] = BASELINE_TRAINING
 
@@ -42,7 +49,10 @@ class LateFusionModel(FusionModel):
     def __init__(self, config: LateFusionConfig, input_dims, n_classes, task, metadata=None):
         super().__init__(config, input_dims, n_classes, task, metadata)
         concatenated = sum(self.input_dims.values())
-        self.head = ClassificationHead(concatenated, config.hidden_size, n_classes, config.dropout)
+        if config.hidden_size == 0:
+            self.head = torch.nn.Sequential(torch.nn.Dropout(config.dropout), torch.nn.Linear(concatenated, n_classes))
+        else:
+            self.head = ClassificationHead(concatenated, config.hidden_size, n_classes, config.dropout)
         self.register_class_weights(config.class_weights)
 
     def forward(self, batch: Batch) -> ModelOutput:
