@@ -14,7 +14,6 @@ import argparse
 import json
 import os
 import platform
-import subprocess
 import sys
 import tempfile
 import time
@@ -24,22 +23,18 @@ import numpy as np
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+from benchmarks.common import run_extraction  # noqa: E402
+
 RESULT = ROOT / "bench" / "results" / "demo_size.json"
-BIN = Path(sys.executable).parent
 
 
 def build(folder: Path, dialogues: int) -> float:
+    """The default config with only the demo's size and paths changed, extracted into `folder`."""
     config = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
     config["demo"]["dialogues"] = dialogues
-    config["demo"]["out_dir"] = config["corpus"]["root"] = str(folder / "demo")
-    config["cache"], config["work_dir"] = str(folder / "feats.zarr"), str(folder / "work")
-    (folder / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
-    started = time.perf_counter()
-    command = [str(BIN / "snakemake"), "extract", "--cores", "2", "-s", str(ROOT / "Snakefile"), "-d", str(folder), "--configfile", str(folder / "config.yaml")]
-    done = subprocess.run(command, cwd=folder, capture_output=True, text=True)
-    if done.returncode != 0:
-        raise SystemExit(f"extraction of {dialogues} dialogues failed:\n{(done.stdout + done.stderr)[-3000:]}")
-    return round(time.perf_counter() - started, 1)
+    config["demo"]["out_dir"] = str((folder / "demo").resolve())  # = corpus.root, which run_extraction sets
+    return run_extraction({"extract": config}, folder / "demo", folder, "feats.zarr")["wall_seconds"]
 
 
 def main() -> None:

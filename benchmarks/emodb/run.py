@@ -40,10 +40,6 @@ REPORTED = ("uar", "macro_f1", "accuracy")
 SHORT = {"audio.egemaps-functionals": "functionals", "audio.egemaps-lld": "LLD", "audio.compare-functionals": "ComParE functionals"}
 
 
-def extract(config: dict, data: Path, work: Path) -> dict:
-    return run_extraction(config, data, work, "emodb.zarr")
-
-
 def speaker_folds(speakers: np.ndarray) -> list[dict]:
     """Leave one speaker out; the next speaker (sorted, wrapping) is the fold's dev split."""
     order = sorted(set(speakers.tolist()))
@@ -119,7 +115,7 @@ def main() -> None:
         shutil.rmtree(work)
 
     started = time.perf_counter()
-    extraction = extract(config, wav_root, work)
+    extraction = run_extraction(config, wav_root, work, "emodb.zarr")
     print(f"extraction: {extraction['wall_seconds']} s ({'ran' if extraction['ran'] else 'cache up to date'})", flush=True)
 
     from cache_schema import open_cache

@@ -39,10 +39,6 @@ DEFAULT_DATA = ROOT.parent / "shared" / "data" / "meld"
 REPORTED = ("weighted_f1", "accuracy", "macro_f1")
 
 
-def extract(config: dict, data: Path, work: Path) -> dict:
-    return run_extraction(config, data, work, "meld_text.zarr")
-
-
 def meld_dev_as_test(cache: str, view: Path) -> Path:
     from cache_schema import open_cache
     from fuse.sweep import split_view
@@ -72,7 +68,7 @@ def main() -> None:
         shutil.rmtree(work)
 
     started = time.perf_counter()
-    extraction = extract(config, args.data, work)
+    extraction = run_extraction(config, args.data, work, "meld_text.zarr")
     print(f"extraction: {extraction['wall_seconds']} s ({'ran' if extraction['ran'] else 'cache up to date'})", flush=True)
     view = meld_dev_as_test(extraction["cache"], work / "meld_dev_as_test.zarr")
     from cache_schema import open_cache

@@ -36,10 +36,6 @@ DEFAULT_DATA = ROOT.parent / "shared" / "data" / "mini_mosei"
 REPORTED = ("micro_f1", "macro_f1", "sample_accuracy", "hamming_loss")
 
 
-def extract(config: dict, data: Path, work: Path) -> dict:
-    return run_extraction(config, data, work, "mosei.zarr")
-
-
 def summary(values: list[float]) -> str:
     array = np.asarray(values, dtype=np.float64)
     std = float(array.std(ddof=1)) if len(array) > 1 else 0.0
@@ -62,7 +58,7 @@ def main() -> None:
         shutil.rmtree(work)
 
     started = time.perf_counter()
-    extraction = extract(config, args.data, work)
+    extraction = run_extraction(config, args.data, work, "mosei.zarr")
     print(f"extraction: {extraction['wall_seconds']} s ({'ran' if extraction['ran'] else 'cache up to date'})", flush=True)
 
     from cache_schema import open_cache

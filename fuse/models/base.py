@@ -254,16 +254,19 @@ class MetadataEncoder(nn.Module):
 
 
 class ClassificationHead(nn.Module):
-    """FC -> ReLU -> dropout -> FC (seed 1 Algorithm 1 steps 33-35)."""
+    """FC -> ReLU -> dropout -> FC (seed 1 Algorithm 1 steps 33-35); `hidden_size=0` gives a
+    linear head, dropout -> FC."""
 
     def __init__(self, input_dim: int, hidden_size: int, n_classes: int, dropout: float):
         super().__init__()
-        self.hidden = nn.Linear(input_dim, hidden_size)
+        self.hidden = nn.Linear(input_dim, hidden_size) if hidden_size else None
         self.dropout = nn.Dropout(dropout)
-        self.output = nn.Linear(hidden_size, n_classes)
+        self.output = nn.Linear(hidden_size or input_dim, n_classes)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return self.output(self.dropout(F.relu(self.hidden(features))))
+        if self.hidden is not None:
+            features = F.relu(self.hidden(features))
+        return self.output(self.dropout(features))
 
 
 # --------------------------------------------------------------------------------------------

@@ -3,7 +3,7 @@
 Each modality's sequence is masked-mean pooled; the pooled vectors are concatenated in the
 canonical order (text, audio, video), with zeros for a missing modality, and classified by
 FC -> ReLU -> dropout -> FC. Not described by either seed; it is the reference point the fusion
-models must beat. `hidden_size=0` makes the head linear (dropout -> FC), the classic choice for
+models must beat. `hidden_size=0` makes the head linear (dropout -> FC), the usual choice for
 a few hundred utterances with thousands of inputs such as ComParE functionals, where linear
 SVMs are the field's baseline. Loss: cross-entropy by default (`loss="focal"` to use seed 1's focal loss),
 BCE for multi-label.
@@ -49,10 +49,7 @@ class LateFusionModel(FusionModel):
     def __init__(self, config: LateFusionConfig, input_dims, n_classes, task, metadata=None):
         super().__init__(config, input_dims, n_classes, task, metadata)
         concatenated = sum(self.input_dims.values())
-        if config.hidden_size == 0:
-            self.head = torch.nn.Sequential(torch.nn.Dropout(config.dropout), torch.nn.Linear(concatenated, n_classes))
-        else:
-            self.head = ClassificationHead(concatenated, config.hidden_size, n_classes, config.dropout)
+        self.head = ClassificationHead(concatenated, config.hidden_size, n_classes, config.dropout)
         self.register_class_weights(config.class_weights)
 
     def forward(self, batch: Batch) -> ModelOutput:
