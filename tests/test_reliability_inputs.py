@@ -270,8 +270,12 @@ def test_labels_segment_with_no_frames_and_reversed_interval_are_kept_as_missing
         (lambda f: None, r"exactly one top-level group \(the root name\), found \[\]"),
         (lambda f: (f.create_group("COVAREP/data"), f.create_group("FACET 4.2/data")), "found \\['COVAREP', 'FACET 4.2'\\]"),
         (lambda f: f.create_dataset("COVAREP/data/-vidA", data=np.ones(3)), "video '-vidA': unreadable data"),
+        (lambda f: (f.create_group("COVAREP/data"), f["COVAREP/data"].__setitem__("-vidA", np.dtype("f8"))), "video '-vidA': unreadable data"),
         (lambda f: (f.create_dataset("COVAREP/data/-vidA/features", data=np.ones((4, 74)))),
          r"video '-vidA': missing 'features' or 'intervals'"),
+        (lambda f: (f.create_group("COVAREP/data/-vidA"), f["COVAREP/data/-vidA"].__setitem__("intervals", np.dtype("f8")),
+                    f.create_dataset("COVAREP/data/-vidA/features", data=np.ones((4, 74)))),
+         r"video '-vidA': 'intervals' is a Datatype, not a dataset"),
         (lambda f: (f.create_dataset("COVAREP/data/-vidA/intervals", data=np.ones((4, 3))),
                     f.create_dataset("COVAREP/data/-vidA/features", data=np.ones((4, 74)))), r"intervals have shape \(4, 3\)"),
         (lambda f: (f.create_dataset("COVAREP/data/-vidA/intervals", data=frames(4, 10)),
@@ -282,7 +286,7 @@ def test_labels_segment_with_no_frames_and_reversed_interval_are_kept_as_missing
                     f.create_dataset("COVAREP/data/-vidA/features", data=np.array([[b"x"] * 74] * 4))), "expected numbers"),
     ],
     ids=["no data group", "root is a dataset", "data is a dataset", "no root group", "two root groups",
-         "video is a dataset", "no intervals", "intervals (n, 3)", "rows != intervals", "wrong dim", "strings"],
+         "video is a dataset", "video is a named datatype", "no intervals", "intervals is a named datatype", "intervals (n, 3)", "rows != intervals", "wrong dim", "strings"],
 )
 def test_malformed_feature_file_is_a_corpus_error_naming_file(mosei_root, build, message):
     table = load_mosei_csd(str(mosei_root), words_file=None)

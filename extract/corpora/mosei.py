@@ -122,11 +122,17 @@ class ComputationalSequence:
         where = f"{self.path} video {video_id!r}"
         try:
             group = self._data[video_id]
+            if isinstance(group, h5py.Group):
+                # A damaged file can hold another object (a group, a named datatype) under the name.
+                for name in ("intervals", "features"):
+                    item = group.get(name)
+                    if item is not None and not isinstance(item, h5py.Dataset):
+                        raise CorpusError(f"{where}: '{name}' is a {type(item).__name__}, not a dataset (file corrupt?)")
             intervals = np.asarray(group["intervals"][()], dtype=np.float64)
             features = np.asarray(group["features"][()])
         except KeyError as err:
             raise CorpusError(f"{where}: missing 'features' or 'intervals' ({err})") from err
-        except (OSError, RuntimeError, ValueError) as err:
+        except (OSError, RuntimeError, ValueError, TypeError) as err:  # TypeError: a named datatype in place of a group
             raise CorpusError(f"{where}: unreadable data, file truncated or corrupt? ({err})") from err
         if intervals.ndim != 2 or intervals.shape[1] != 2:
             raise CorpusError(f"{where}: intervals have shape {intervals.shape}, expected (n, 2)")
