@@ -6,13 +6,13 @@
     configuration), two views of the same synthetic cache built with the same seed: one
     streaming every epoch from Zarr, one `in_memory` (prepared features kept after a warm-up
     pass). In round r both train epoch r, so both see exactly the same batches, with the
-    training step of fuse.train (forward, backward, clip, AdamW) on the same model. Wall time
+    training step of the recipe (forward, backward, clip, AdamW) on the same model. Wall time
     and process CPU time are summed per epoch. The two modes run in lockstep: step k of the
     streaming epoch and step k of the in-memory epoch (each including fetching its batch) run
     back to back, in alternating order, so load from other processes on a shared machine
     lands on both alike. Reported: the median over epochs of streaming / in-memory
     (target <= 1.15), and every epoch's times.
-(b) Peak memory. One epoch of real streaming training (`fuse.train.train`, `--memory-model`,
+(b) Peak memory. One epoch of real streaming training (`fuse.training.train`, `--memory-model`,
     default late: the data path is what could grow with the cache, not the model) from a
     cache, and from a cache 4x larger (4x the utterances, same dimensions), each in a fresh
     process; peak resident memory is the process's VmHWM from /proc/self/status. (ru_maxrss is
@@ -23,7 +23,7 @@
     (with a split smaller than a pool the small run would never reach the plateau). The pair
     is run again with glibc's mmap threshold fixed, which removes heap-fragmentation growth.
 
-Caches are synthetic (fuse.synthetic: Gaussian features with class and speaker shifts)
+Caches are synthetic (fuse.testing.synthetic_cache: Gaussian features with class and speaker shifts)
 written through cache_schema into a temporary folder that is removed afterwards. Their page
 cache is warm: the figures measure decoding and batching, not the disk.
 """
@@ -57,7 +57,7 @@ def feature_sets(dim: int) -> dict:
 
 def build(path: Path, dialogues: int, dim: int) -> dict:
     from cache_schema import open_cache
-    from fuse.synthetic import make_synthetic_cache
+    from fuse.testing.synthetic_cache import make_synthetic_cache
 
     t0 = time.perf_counter()
     make_synthetic_cache(path, n_dialogues=dialogues, turns=10, feature_sets=feature_sets(dim), missing_every={}, seed=1)
@@ -79,7 +79,7 @@ def peak_memory_mb() -> dict:
 
 def child(args) -> None:
     """Runs in a fresh process: one streaming training run, prints a JSON line."""
-    from fuse.train import TrainOptions, train
+    from fuse.training import TrainOptions, train
 
     options = TrainOptions(
         cache=args.cache,
@@ -119,7 +119,7 @@ def epoch_times(cache_path: Path, args) -> dict:
     from cache_schema import open_cache
     from fuse.data import FeatureData
     from fuse.models import MODELS, build_model
-    from fuse.train import seed_everything
+    from fuse.device import seed_everything
 
     seed_everything(0, deterministic=True)
     cache = open_cache(cache_path)

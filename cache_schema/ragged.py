@@ -30,10 +30,15 @@ def unpack(values: np.ndarray, offsets: np.ndarray) -> list[np.ndarray]:
     return [values[offsets[i] : offsets[i + 1]] for i in range(len(offsets) - 1)]
 
 
-def rows_for(offsets: np.ndarray, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Concatenated row numbers of the given utterances, and their lengths (vectorised)."""
+def rows_for(offsets: np.ndarray, indices: np.ndarray, max_len: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Concatenated row numbers of the given utterances, and their lengths (vectorised).
+
+    With `max_len`, only the first `max_len` rows of each utterance.
+    """
     starts = offsets[indices]
     lengths = offsets[indices + 1] - starts
+    if max_len is not None:
+        lengths = np.minimum(lengths, max_len)
     total = int(lengths.sum())
     if total == 0:
         return np.zeros(0, dtype=np.int64), lengths

@@ -21,7 +21,8 @@ from typing import Any, Callable
 import numpy as np
 
 from fuse import metrics as M
-from fuse.data import MODALITIES, select_feature_sets
+from fuse.batch import MODALITIES
+from fuse.data import select_feature_sets
 
 FUSED = "fused"
 RESULT_FILE, TABLE_FILE = "ablation.json", "ablation.md"

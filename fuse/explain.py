@@ -13,6 +13,7 @@ Nothing is ever downloaded.
 """
 from __future__ import annotations
 
+import hashlib
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -109,5 +110,13 @@ def draw(result: AttentionMap, path: Path, utterance_id: str, model_name: str) -
     )
 
 
-def safe_name(utterance_id: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]", "_", utterance_id)
+def safe_name(utterance_id: str, max_chars: int = 80) -> str:
+    """A file-name-safe form of an utterance id; long ids become a prefix plus a short hash.
+
+    File names are limited to 255 bytes, and ids come from user data.
+    """
+    name = re.sub(r"[^A-Za-z0-9_.-]", "_", utterance_id)
+    if len(name) <= max_chars:
+        return name
+    digest = hashlib.sha1(utterance_id.encode("utf-8", "surrogatepass")).hexdigest()[:10]
+    return f"{name[: max_chars - 11]}-{digest}"

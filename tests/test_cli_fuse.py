@@ -10,7 +10,7 @@ import yaml
 from click.testing import CliRunner
 
 from fuse.cli import main
-from fuse.synthetic import make_synthetic_cache
+from fuse.testing.synthetic_cache import make_synthetic_cache
 
 SMALL_CMAF = ["--set", "fusion_dim=16", "--set", "num_heads=2", "--set", "hidden_size=16"]
 
@@ -155,7 +155,7 @@ def test_bad_arguments(cache_path, tmp_path):
     result = _run("train", "--cache", cache_path, "--model", "nope", "--out", str(tmp_path / "r"))
     assert result.exit_code == 2 and "unknown model 'nope'" in result.output
     result = _run("train", "--cache", cache_path, "--model", "late", "--set", "bogus=1", "--out", str(tmp_path / "r"), "--epochs", "1")
-    assert result.exit_code == 2 and "unknown config key(s) ['bogus']" in result.output
+    assert result.exit_code == 2 and "model_config key 'bogus' is not a setting of model 'late'" in result.output
     result = _run("train", "--cache", cache_path, "--metric", "micro_f1", "--model", "late", "--out", str(tmp_path / "r2"))
     assert result.exit_code == 2 and "not a single_label metric" in result.output
     result = _run("train", "--resume", "--out", str(tmp_path / "r3"), "--lr", "0.1")

@@ -6,8 +6,11 @@ import torch
 import pytest
 
 from cache_schema import open_cache
-from fuse.data import DataError, FeatureData, context_rows, dialogue_keys, future_context_rows, future_key, inspect_task, resolve_splits
-from fuse.synthetic import make_synthetic_cache
+from fuse.batch import future_key
+from fuse.data import DataError, FeatureData, inspect_task, resolve_splits
+from fuse.data.dialogue import context_rows, future_context_rows
+from fuse.data.selection import dialogue_keys
+from fuse.testing.synthetic_cache import make_synthetic_cache
 
 
 @pytest.fixture(scope="module")
@@ -253,7 +256,7 @@ def test_feature_set_selection_errors(tmp_path):
 
 @pytest.mark.parametrize("scale", [1.0, 1e30, 3e38])
 def test_statistics_and_standardisation_survive_extreme_scales(scale):
-    from fuse.normalisation import GroupStats, _finish
+    from fuse.data.normalisation import GroupStats, _finish
 
     rng = np.random.default_rng(0)
     rows = np.clip(rng.normal(size=(500, 3)) * scale, -3.4e38, 3.4e38).astype(np.float32)
@@ -304,7 +307,7 @@ def test_batches_carry_the_following_turns(cache):
 
 
 def test_auto_normalisation_resolves_by_speaker_counts():
-    from fuse.normalisation import AUTO_MIN_UTTERANCES_PER_SPEAKER as K, resolve_mode
+    from fuse.data.normalisation import AUTO_MIN_UTTERANCES_PER_SPEAKER as K, resolve_mode
 
     recurring = np.array(["a"] * K + ["b"] * K + ["c"])  # "c" only outside training
     train = np.arange(2 * K)

@@ -167,7 +167,7 @@ TRAIN_SCRIPT = """
         save = torch.save
         def killing_save(obj, f, *a, **k):
             save(obj, f, *a, **k)
-            if str(f).endswith("last.pt.tmp") and obj.get("epoch") == 2:
+            if str(f).endswith("last.pt.tmp") and obj.get("epoch") == 3:
                 os.kill(os.getpid(), signal.SIGKILL)
         torch.save = killing_save
     from fuse.cli import main
@@ -192,7 +192,7 @@ def _log_without_timings(run: Path) -> list[dict]:
 @pytest.mark.slow
 def test_killed_fuse_train_resumes_to_the_metrics_of_an_uninterrupted_run(tmp_path):
     from fuse import runs
-    from fuse.synthetic import make_synthetic_cache
+    from fuse.testing.synthetic_cache import make_synthetic_cache
 
     cache = make_synthetic_cache(tmp_path / "c.zarr")
     script = tmp_path / "train_child.py"
@@ -204,12 +204,12 @@ def test_killed_fuse_train_resumes_to_the_metrics_of_an_uninterrupted_run(tmp_pa
     # 1. SIGKILL in the middle of epoch 2: last.pt still holds epoch 1
     killed = _fuse_train(script, "kill-mid-epoch", "--cache", str(cache), "--out", str(run), *TRAIN_ARGS)
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
-    assert runs.load_checkpoint(run / "last.pt")["epoch"] == 0 and not (run / "metrics.json").exists()
+    assert runs.load_checkpoint(run / "last.pt").epoch == 1 and not (run / "metrics.json").exists()
     # 2. the resumed run is killed while writing epoch 3's checkpoint: the previous one survives
     killed = _fuse_train(script, "kill-while-saving", "--resume", "--out", str(run), "--device", "cpu", "--no-progress")
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
     assert "after epoch 1 of 4" in killed.stdout
-    assert (run / "last.pt.tmp").exists() and runs.load_checkpoint(run / "last.pt")["epoch"] == 1
+    assert (run / "last.pt.tmp").exists() and runs.load_checkpoint(run / "last.pt").epoch == 2
     # 3. a second resume finishes exactly like the uninterrupted run
     resumed = _fuse_train(script, "none", "--resume", "--out", str(run), "--device", "cpu", "--no-progress")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
@@ -245,7 +245,7 @@ def optimiser_watch(monkeypatch):
 
 
 def _train(cache: Path, out: Path, **options):
-    from fuse.train import TrainOptions, train
+    from fuse.training import TrainOptions, train
 
     options = {"model": "late", "epochs": 2, "batch_size": 8, "lr": 3e-3, "progress": False, "tensorboard": False, **options}
     return train(TrainOptions(cache=str(cache), out=str(out), **options), echo=lambda *_: None)
@@ -259,7 +259,7 @@ def _assert_clean_run(result, run: Path, seen: list[bool]) -> None:
     from fuse import runs
 
     state = runs.load_checkpoint(run / "last.pt")
-    assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
+    assert all(torch.isfinite(v).all() for v in state.model["state"].values() if v.is_floating_point())
 
 
 SMALL_CMAF = {"fusion_dim": 16, "num_heads": 2, "hidden_size": 16, "metadata_embedding_dim": 4, "metadata_numeric_dim": 4}
@@ -268,7 +268,7 @@ SMALL_CMAF = {"fusion_dim": 16, "num_heads": 2, "hidden_size": 16, "metadata_emb
 @pytest.mark.slow
 @pytest.mark.parametrize("model, config", [("late", {}), ("cmaf", SMALL_CMAF)])
 def test_utterances_without_any_modality_train_without_nan(tmp_path, optimiser_watch, model, config):
-    from fuse.synthetic import make_synthetic_cache
+    from fuse.testing.synthetic_cache import make_synthetic_cache
 
     # text missing for every 2nd utterance, audio for every 3rd: every 6th has no modality at all
     sets = {"text.synthetic": ("text", 8, 3, 12), "audio.synthetic": ("audio", 6, 10, 40)}
@@ -281,7 +281,7 @@ def test_utterances_without_any_modality_train_without_nan(tmp_path, optimiser_w
 
 
 def test_a_class_absent_from_training_trains_and_reports_finite_metrics(tmp_path, optimiser_watch):
-    from fuse.synthetic import make_synthetic_cache
+    from fuse.testing.synthetic_cache import make_synthetic_cache
 
     cache = make_synthetic_cache(tmp_path / "c.zarr")
     labels = zarr.open_group(str(cache / "utterances"), mode="a")
@@ -295,7 +295,7 @@ def test_a_class_absent_from_training_trains_and_reports_finite_metrics(tmp_path
 
 
 def _scaled_cache(tmp_path: Path, scale: float) -> Path:
-    from fuse.synthetic import make_synthetic_cache
+    from fuse.testing.synthetic_cache import make_synthetic_cache
 
     cache = make_synthetic_cache(tmp_path / "c.zarr", dtype="float32")
     audio = open_cache(cache)["audio.synthetic"]
@@ -309,7 +309,7 @@ def _scaled_cache(tmp_path: Path, scale: float) -> Path:
 @pytest.mark.parametrize("scale", [1e30, 3e38])
 def test_extreme_feature_scales_never_put_nan_into_the_optimiser(tmp_path, optimiser_watch, scale):
     """The guard holds whatever the normaliser does: clean steps, or a stop that says why."""
-    from fuse.train import TrainingDiverged
+    from fuse.training import TrainingDiverged
 
     cache = _scaled_cache(tmp_path, scale)
     try:

@@ -10,20 +10,16 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-import fuse.train
+import fuse.training.recipe
 from cache_schema import open_cache
 from fuse.cli import main as fuse_cli
-from fuse.synthetic import make_synthetic_cache
-from fuse.sweep import (
-    RUN_RECORD,
-    SweepError,
-    expand,
-    load_grid,
-    run_state,
-    run_sweep,
-    split_view,
-)
-from fuse.train import TrainOptions, train
+from fuse.testing.synthetic_cache import make_synthetic_cache
+from fuse.data import DataError
+from fuse.data.split_view import split_view
+from fuse.sweep import SweepError, expand, load_grid, run_state, run_sweep
+from fuse.sweep.leaderboard import RUN_RECORD
+from fuse.options import parse_options
+from fuse.training import train
 
 # Tiny, fast runs: 2 epochs of a small late-fusion head.
 BASE = {"epochs": 2, "batch_size": 8, "model_config": {"hidden_size": 16}}
@@ -36,8 +32,8 @@ def cache_path(tmp_path_factory):
 
 @pytest.fixture(autouse=True)
 def no_plots(monkeypatch):
-    """Plots cost ~1 s per run and are fuse.train's business (tested there), not the sweep's."""
-    monkeypatch.setattr(fuse.train, "save_plots", lambda *args, **kwargs: [])
+    """Plots cost ~1 s per run and are the recipe's business (tested there), not the sweep's."""
+    monkeypatch.setattr(fuse.training.recipe, "save_plots", lambda *args, **kwargs: [])
 
 
 def _quiet(*_):
@@ -110,7 +106,7 @@ def test_explicit_runs_list(tmp_path):
         ({"grid": {"lr": 0.1}}, "grid key 'lr' must be a non-empty list of values"),
         ({"grid": {"lr": []}}, "grid key 'lr' must be a non-empty list of values"),
         ({"grid": {"cache": ["x.zarr"]}}, "grid key 'cache' is set by the sweep"),
-        ({"grid": {"epochs": ["ten"]}}, "option epochs: 'ten' is not valid"),
+        ({"grid": {"epochs": ["ten"]}}, "option epochs: Input should be a valid integer"),
         ({"grid": {"model": ["lat"]}}, "unknown model 'lat' (did you mean 'late'?)"),
         ({"grid": {"model": ["late"], "model_config.num_heads": [2]}}, "model_config key 'num_heads' is not a setting of model 'late'"),
         ({"grid": {"max_len.speech": [10]}}, "max_len is per modality"),
@@ -148,14 +144,13 @@ def test_a_feature_set_missing_from_the_cache_is_refused_before_training(tmp_pat
 
 def test_sweep_shares_data_ranks_runs_and_matches_standalone_training(tmp_path, cache_path, monkeypatch):
     built = []
-    original = fuse.train.FeatureData.for_training.__func__
+    original = fuse.training.recipe.FeatureData.for_training.__func__
 
     def counting(cls, *args, **kwargs):
         built.append(1)
         return original(cls, *args, **kwargs)
 
-    monkeypatch.setattr(fuse.train.FeatureData, "for_training", classmethod(counting))
-    original_class, original_open = fuse.train.FeatureData, fuse.train.open_cache
+    monkeypatch.setattr(fuse.training.recipe.FeatureData, "for_training", classmethod(counting))
     plan = _grid(model=["late"], lr=[3e-3, 1e-2], seed=[1, 2])
     result = run_sweep(plan, cache_path, tmp_path / "sweep", echo=_quiet)
 
@@ -163,7 +158,6 @@ def test_sweep_shares_data_ranks_runs_and_matches_standalone_training(tmp_path, 
     assert len(built) == 1, "four runs with the same data configuration build FeatureData once"
     record = json.loads((tmp_path / "sweep" / "sweep.json").read_text())
     assert record["data_sharing"]["process"] == {"caches_opened": 1, "feature_data_built": 1, "feature_data_reused": 3}
-    assert (fuse.train.FeatureData, fuse.train.open_cache) == (original_class, original_open), "fuse.train is restored"
 
     # The leaderboard is sorted by the dev metric, best first, and lists test beside it.
     rows = list(csv.DictReader(open(tmp_path / "sweep" / "leaderboard.csv")))
@@ -179,7 +173,7 @@ def test_sweep_shares_data_ranks_runs_and_matches_standalone_training(tmp_path, 
 
     # A run of the sweep ends exactly like the same options trained on their own.
     run = plan.runs[0]
-    alone = train(TrainOptions.from_dict({**run.options, "cache": str(cache_path), "out": str(tmp_path / "alone"), "progress": False}), echo=_quiet)
+    alone = train(parse_options({**run.options, "cache": str(cache_path), "out": str(tmp_path / "alone"), "progress": False}), echo=_quiet)
     swept = json.loads((tmp_path / "sweep" / run.name / "metrics.json").read_text())
     assert swept["splits"]["dev"]["weighted_f1"] == alone.metrics["splits"]["dev"]["weighted_f1"]
     assert swept["splits"]["test"]["confusion_matrix"] == alone.metrics["splits"]["test"]["confusion_matrix"]
@@ -253,7 +247,7 @@ def test_a_run_killed_mid_way_continues_from_its_checkpoint(tmp_path, cache_path
             raise Killed
 
     with pytest.raises(Killed):
-        train(TrainOptions.from_dict(options), on_epoch_end=kill_after_two, echo=_quiet)
+        train(parse_options(options), on_epoch_end=kill_after_two, echo=_quiet)
     assert run_state(out / run.name, options) == "resume"
     result = run_sweep(plan, cache_path, out, echo=_quiet)
     assert result.outcomes[run.name]["state_at_start"] == "resume"
@@ -319,9 +313,9 @@ def test_split_view_shares_features_under_new_splits(tmp_path, cache_path):
     assert set(open_cache(tmp_path / "view.zarr").column("split")) == {"train"}
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "file").write_text("x")
-    with pytest.raises(SweepError, match="not a split view"):
+    with pytest.raises(DataError, match="not a split view"):
         split_view(cache_path, tmp_path / "other", ["train"] * n)
-    with pytest.raises(SweepError, match="split values for"):
+    with pytest.raises(DataError, match="split values for"):
         split_view(cache_path, tmp_path / "v2.zarr", ["train"])
 
 

@@ -12,8 +12,8 @@ import zarr
 
 from fuse import metrics as M
 from fuse import runs
-from fuse.synthetic import make_synthetic_cache
-from fuse.train import TrainingDiverged, TrainingError, TrainOptions, train, train_seeds
+from fuse.testing.synthetic_cache import make_synthetic_cache
+from fuse.training import TrainingDiverged, TrainingError, TrainOptions, train, train_seeds
 
 SMALL_CMAF = {"fusion_dim": 16, "num_heads": 2, "hidden_size": 16, "metadata_embedding_dim": 4, "metadata_numeric_dim": 4}
 
@@ -46,7 +46,7 @@ def test_loss_falls_and_every_output_is_written(cache_path, tmp_path):
     losses = [row["train_loss"] for row in result.history]
     assert losses[-1] < 0.8 * losses[0]
     run = tmp_path / "run"
-    for name in ("config.yaml", "data.json", "normalisation.npz", "normalisation.json", "last.pt", "best.pt", "log.csv", "metrics.json", "training_curves.png", "confusion_test.png"):
+    for name in ("config.yaml", "data.json", "last.pt", "best.pt", "log.csv", "metrics.json", "training_curves.png", "confusion_test.png"):
         assert (run / name).is_file(), name
     metrics = json.loads((run / "metrics.json").read_text())
     for split in ("dev", "test"):
@@ -58,7 +58,8 @@ def test_loss_falls_and_every_output_is_written(cache_path, tmp_path):
     assert [int(r["epoch"]) for r in rows] == list(range(1, 7))
     assert {"train_loss", "dev_loss", "dev_weighted_f1", "lr", "seconds", "skipped_steps"} <= set(rows[0])
     best = runs.load_checkpoint(run / "best.pt")
-    assert best["epoch"] == metrics["best_epoch"]
+    assert best.epoch == best.best["epoch"] == metrics["best_epoch"]
+    assert best.training is None, "best.pt holds the model, not the optimiser state"
     data = json.loads((run / "data.json").read_text())
     assert data["provenance"]["feature_sets"]["audio.synthetic"]["encoder_kind"] == "synthetic"
 
@@ -70,7 +71,7 @@ def test_multi_label_with_threshold_tuning(multi_cache_path, tmp_path):
     for name in M.MULTI_LABEL_METRICS:
         assert name in metrics["splits"]["test"]
     assert metrics["threshold_tuned_on_dev"]["threshold"] == metrics["threshold"] in M.THRESHOLD_GRID
-    assert runs.load_checkpoint(tmp_path / "run" / "best.pt")["threshold"] == metrics["threshold"]
+    assert runs.load_checkpoint(tmp_path / "run" / "best.pt").threshold == metrics["threshold"]
 
 
 def test_resumed_run_ends_like_an_uninterrupted_one(cache_path, tmp_path):
@@ -120,7 +121,7 @@ def test_provenance_mismatch_is_refused(cache_path, tmp_path):
     with pytest.raises(runs.ProvenanceMismatch, match=r"feature set 'audio.synthetic' .*weights_sha256 is '0000"):
         runs.load_run(tmp_path / "run", other)
     loaded = runs.load_run(tmp_path / "run")  # its own cache is fine
-    assert loaded.checkpoint["model_name"] == "late"
+    assert loaded.checkpoint.model["name"] == "late"
 
 
 def test_a_poisoned_batch_is_skipped_and_never_reaches_the_optimiser(cache_path, tmp_path, monkeypatch):
@@ -152,12 +153,12 @@ def test_a_poisoned_batch_is_skipped_and_never_reaches_the_optimiser(cache_path,
     assert result.metrics["skipped_steps"] == 2
     assert seen and all(seen), "no non-finite gradient reached AdamW"
     state = runs.load_checkpoint(tmp_path / "run" / "last.pt")
-    assert all(torch.isfinite(v).all() for v in state["model"].values())
+    assert all(torch.isfinite(v).all() for v in state.model["state"].values())
 
 
 @pytest.mark.filterwarnings("ignore::RuntimeWarning")
 def test_persistent_non_finite_loss_stops_with_a_reason(cache_path, tmp_path, monkeypatch):
-    from fuse.normalisation import Normaliser
+    from fuse.data.normalisation import Normaliser
 
     fit = Normaliser.fit
 
@@ -187,7 +188,7 @@ def test_carat_on_single_label_cache_is_refused(cache_path, tmp_path):
 def test_speaker_normalisation_run_saves_training_statistics_only(tmp_path):
     path = make_synthetic_cache(tmp_path / "c.zarr", test_speaker="Gunther")
     train(_options(path, tmp_path / "run", epochs=1, normalisation="speaker"), echo=_quiet)
-    saved = json.loads((tmp_path / "run" / "normalisation.json").read_text())
+    saved = runs.load_checkpoint(tmp_path / "run" / "best.pt").normaliser
     groups = saved["feature_sets"]["audio.synthetic"]["groups"]
     assert saved["mode"] == "speaker" and "Ross" in groups and "Gunther" not in groups
     loaded = runs.load_run(tmp_path / "run")  # Gunther's statistics are fit again, on this cache

@@ -8,7 +8,7 @@
    benchmarks/emodb/work/emodb.zarr (reused when up to date; `--fresh` redoes everything).
 2. Folds: one per speaker. Fold k: test = speaker k, dev = the next speaker (sorted order,
    wrapping), train = the other six. Each fold's split is written into a split view of the
-   cache (fuse.sweep.split_view; the feature sets are symbolic links, nothing is re-extracted),
+   cache (fuse.data.split_view; the feature sets are symbolic links, nothing is re-extracted),
    and config.yaml's `train` grid x --seeds runs as one `fuse sweep` on it.
 3. Reference: a linear SVM (scikit-learn, C=1) on each functionals set and the same folds, trained on
    train + dev, with global or per-speaker standardisation; it reproduces the literature's
@@ -119,7 +119,8 @@ def main() -> None:
     print(f"extraction: {extraction['wall_seconds']} s ({'ran' if extraction['ran'] else 'cache up to date'})", flush=True)
 
     from cache_schema import open_cache
-    from fuse.sweep import expand, run_sweep, split_view
+    from fuse.data.split_view import split_view
+    from fuse.sweep import expand, run_sweep
 
     speakers = np.asarray(open_cache(extraction["cache"]).column("speaker"), dtype=object).astype(str)
     folds = speaker_folds(speakers)

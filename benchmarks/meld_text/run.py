@@ -7,7 +7,7 @@
    GloVe 6B 50-d words, all offline) into
    benchmarks/meld_text/work/meld_text.zarr. A second invocation finds nothing to do and reuses
    the cache (`--fresh` deletes the work folder first, so the extraction is timed again).
-2. Protocol: a split view of the cache (`fuse.sweep.split_view`, symbolic links, no copy) in
+2. Protocol: a split view of the cache (`fuse.data.split_view`, symbolic links, no copy) in
    which MELD dev becomes `test`. The trainer, finding no dev split, carves 10% of the training
    dialogues (fixed seed) for early stopping and the choice of the best epoch, so the MELD dev
    utterances never influence training. "dev" in the run folders is that carved split; the
@@ -41,7 +41,7 @@ REPORTED = ("weighted_f1", "accuracy", "macro_f1")
 
 def meld_dev_as_test(cache: str, view: Path) -> Path:
     from cache_schema import open_cache
-    from fuse.sweep import split_view
+    from fuse.data.split_view import split_view
 
     splits = open_cache(cache).column("split")
     return split_view(cache, view, ["test" if s == "dev" else str(s) for s in splits])

@@ -7,14 +7,10 @@ Exit status: 0 done (whatever the verdict), 2 bad request or a failed run, 130 i
 """
 from __future__ import annotations
 
-import sys
-
 import click
 
+from fuse.cli.common import fail
 
-def _fail(message: str, code: int) -> None:
-    click.echo(f"error: {message}", err=True)
-    sys.exit(code)
 
 
 @click.command("ablate")
@@ -36,7 +32,7 @@ def ablate(cache, model, seeds, out, text, audio, video, epochs, normalisation, 
     try:
         seed_list = [int(s) for s in seeds.split(",") if s.strip()]
     except ValueError:
-        _fail(f"--seeds {seeds!r}: expected comma-separated integers", 2)
+        fail(f"--seeds {seeds!r}: expected comma-separated integers", 2)
     options = {k: v for k, v in (("epochs", epochs), ("normalisation", normalisation)) if v is not None}
     try:
         result = run_ablation(
@@ -44,10 +40,10 @@ def ablate(cache, model, seeds, out, text, audio, video, epochs, normalisation, 
             options=options, jobs=jobs, echo=click.echo,
         )
     except SweepInterrupted as exc:
-        _fail(str(exc), 130)
+        fail(str(exc), 130)
     except (AblationError, SweepError) as exc:
-        _fail(str(exc), 2)
+        fail(str(exc), 2)
     except KeyboardInterrupt:
-        _fail(f"interrupted; run the same command again to resume ({out})", 130)
+        fail(f"interrupted; run the same command again to resume ({out})", 130)
     click.echo(result.table())
     click.echo(f"wrote {result.out / 'ablation.json'} and {result.out / 'ablation.md'}")

@@ -2,8 +2,9 @@
 
 Without `--cache` the run's own cache is used and the split's entry in the run's
 metrics.json is updated; with another cache the metrics go to
-`metrics_<cache folder name>.json` in the run folder (or `--out FILE`), so scores on
-different caches never overwrite each other. The cache's feature sets must match the
+`metrics_<cache folder name>-<hash of its absolute path>.json` in the run folder (or
+`--out FILE`), so scores on different caches never overwrite each other, even when two
+caches share a folder name. The cache's feature sets must match the
 run's provenance; a mismatch is refused, naming the feature set and the field.
 """
 from __future__ import annotations
@@ -12,7 +13,15 @@ from pathlib import Path
 
 import click
 
-from fuse.cli.train import fail
+from fuse.cli.common import fail, refuse_run_file
+
+
+def metrics_file_for(cache) -> str:
+    """The run-folder file holding scores on another cache: keyed by the cache's identity."""
+    import hashlib
+
+    path = Path(cache.path).resolve()
+    return f"metrics_{path.name}-{hashlib.sha1(str(path).encode()).hexdigest()[:8]}.json"
 
 
 @click.command("evaluate")
@@ -28,8 +37,9 @@ def evaluate(run_dir, split, cache, threshold, batch_size, device, out) -> None:
     from cache_schema import CacheError
     from fuse import metrics as M
     from fuse import runs
+    from fuse.jsonio import read_json, write_json
     from fuse.data import DataError, canonical_split
-    from fuse.train import pick_device
+    from fuse.device import pick_device
 
     try:
         loaded = runs.load_run(run_dir, cache, device=str(pick_device(device)))
@@ -41,23 +51,24 @@ def evaluate(run_dir, split, cache, threshold, batch_size, device, out) -> None:
         threshold = threshold if threshold is not None else loaded.threshold
         pred = runs.infer(loaded.model, data, rows, batch_size or loaded.options.get("batch_size") or 32, loaded.device, bool(loaded.options.get("amp")))
         result = M.compute_metrics(task, data.labels[rows], pred.probabilities, data.spec.class_names, threshold)
-    except (runs.RunError, DataError, CacheError) as exc:
+    except (runs.RunError, DataError, CacheError, ValueError) as exc:
         fail(str(exc))
     split = canonical_split(split)
     own_cache = cache is None or Path(cache).resolve() == Path(loaded.options["cache"]).resolve()
     if out:
         target = Path(out)
-        runs.write_json(target, {"cache": str(data.cache.path), "splits": {split: result}, "task": task})
+        refuse_run_file(target)
+        write_json(target, {"cache": str(data.cache.path), "splits": {split: result}, "task": task})
     elif own_cache:
         target = Path(run_dir) / runs.METRICS_FILE
-        existing = runs.read_json(target) if target.is_file() else {"task": task, "splits": {}}
+        existing = read_json(target) if target.is_file() else {"task": task, "splits": {}}
         existing.setdefault("splits", {})[split] = result
-        runs.write_json(target, existing)
+        write_json(target, existing)
     else:
-        target = Path(run_dir) / f"metrics_{Path(cache).resolve().name}.json"
-        existing = runs.read_json(target) if target.is_file() else {"cache": str(data.cache.path), "task": task, "splits": {}}
+        target = Path(run_dir) / metrics_file_for(data.cache)
+        existing = read_json(target) if target.is_file() else {"cache": str(data.cache.path), "task": task, "splits": {}}
         existing["splits"][split] = result
-        runs.write_json(target, existing)
-    click.echo(f"{loaded.checkpoint['model_name']} (epoch {loaded.checkpoint['epoch']}) on {data.cache.path}, split {split}, {len(rows)} utterances")
+        write_json(target, existing)
+    click.echo(f"{loaded.checkpoint.model['name']} (epoch {loaded.checkpoint.epoch}) on {data.cache.path}, split {split}, {len(rows)} utterances")
     click.echo(M.format_table({split: result}, task))
     click.echo(f"wrote {target}")

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import click
 
-from fuse.cli.train import fail
+from fuse.cli.common import fail
 
 
 @click.command("explain")
@@ -24,7 +24,7 @@ def explain(run_dir, cache, utterance_id, attention_name, out, device) -> None:
     try:
         loaded = runs.load_run(run_dir, cache, device=device)
         row = int(loaded.data.rows_of_ids([utterance_id])[0])
-        name = loaded.checkpoint["model_name"]
+        name = loaded.checkpoint.model["name"]
         result = E.attention_map(loaded.model, loaded.data, row, loaded.device, attention_name, model_name=name)
     except (runs.RunError, DataError, CacheError, E.ExplainError) as exc:
         fail(str(exc))

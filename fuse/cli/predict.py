@@ -8,11 +8,12 @@ none). `true` is empty for unlabelled utterances, which are predicted like the r
 from __future__ import annotations
 
 import csv
+from pathlib import Path
 
 import click
 import numpy as np
 
-from fuse.cli.train import fail
+from fuse.cli.common import fail, refuse_run_file
 
 
 @click.command("predict")
@@ -28,8 +29,9 @@ def predict(run_dir, cache, out, split, threshold, batch_size, device) -> None:
     from cache_schema import CacheError
     from fuse import runs
     from fuse.data import DataError, canonical_split
-    from fuse.train import pick_device
+    from fuse.device import pick_device
 
+    refuse_run_file(Path(out))
     try:
         loaded = runs.load_run(run_dir, cache, device=str(pick_device(device)))
         data = loaded.data
@@ -41,7 +43,7 @@ def predict(run_dir, cache, out, split, threshold, batch_size, device) -> None:
             loaded.model, data, rows, batch_size or loaded.options.get("batch_size") or 32, loaded.device,
             bool(loaded.options.get("amp")), with_labels=False,
         )
-    except (runs.RunError, DataError, CacheError) as exc:
+    except (runs.RunError, DataError, CacheError, ValueError) as exc:
         fail(str(exc))
     names = data.spec.class_names
     threshold = threshold if threshold is not None else loaded.threshold
@@ -49,7 +51,8 @@ def predict(run_dir, cache, out, split, threshold, batch_size, device) -> None:
     header = ["id", "split", *[f"prob_{c}" for c in names], "predicted", "true"]
     if pred.gate_weights is not None:
         header += [f"weight_{m}" for m in pred.modality_names]
-    with open(out, "w", newline="") as fh:
+    tmp = Path(out).with_name(Path(out).name + ".tmp")
+    with open(tmp, "w", newline="") as fh:
         writer = csv.writer(fh)
         writer.writerow(header)
         for k, row in enumerate(pred.indices):
@@ -64,4 +67,5 @@ def predict(run_dir, cache, out, split, threshold, batch_size, device) -> None:
             if pred.gate_weights is not None:
                 line += [f"{w:.6f}" for w in pred.gate_weights[k]]
             writer.writerow(line)
+    tmp.replace(out)
     click.echo(f"wrote {len(pred.indices)} predictions to {out}")

@@ -8,14 +8,10 @@ leaderboard lists the failures), 2 for a bad grid, cache or sweep folder, 130 wh
 """
 from __future__ import annotations
 
-import sys
-
 import click
 
+from fuse.cli.common import fail
 
-def _fail(message: str, code: int) -> None:
-    click.echo(f"error: {message}", err=True)
-    sys.exit(code)
 
 
 @click.command("sweep")
@@ -37,7 +33,7 @@ def sweep(cache, grid_file, out, jobs, metric, threads, dry_run, verbose) -> Non
         plan = load_grid(grid_file)
         cache = cache or plan.cache
         if not cache:
-            _fail("--cache is required (or give `cache:` in the grid file)", 2)
+            fail("--cache is required (or give `cache:` in the grid file)", 2)
         if dry_run:
             cache_path = Path(cache).resolve()
             for run in plan.runs:
@@ -47,10 +43,10 @@ def sweep(cache, grid_file, out, jobs, metric, threads, dry_run, verbose) -> Non
             return
         result = run_sweep(plan, cache, out, jobs=jobs, metric=metric, threads=threads, echo=click.echo, verbose=verbose)
     except SweepInterrupted as exc:
-        _fail(str(exc), 130)
+        fail(str(exc), 130)
     except SweepError as exc:
-        _fail(str(exc), 2)
+        fail(str(exc), 2)
     except KeyboardInterrupt:
-        _fail(f"interrupted; run the same command again to resume ({out})", 130)
+        fail(f"interrupted; run the same command again to resume ({out})", 130)
     if result.failed:
-        _fail(f"{len(result.failed)} run(s) failed: {', '.join(result.failed)} (see their train.log)", 1)
+        fail(f"{len(result.failed)} run(s) failed: {', '.join(result.failed)} (see their train.log)", 1)

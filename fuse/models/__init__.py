@@ -14,7 +14,8 @@ from dataclasses import fields
 from typing import Any
 
 from fuse.models.agf import AGFConfig, AGFModel
-from fuse.models.base import FusionModel, MetadataSpec, ModelOutput, TrainingDefaults
+from fuse.batch import MetadataSpec
+from fuse.models.base import FusionModel, ModelOutput, TrainingDefaults
 from fuse.models.carat import CARATConfig, CARATModel
 from fuse.models.cma import CMAConfig, CMAModel
 from fuse.models.cmaf import CMAFConfig, CMAFModel
@@ -29,12 +30,6 @@ MODELS: dict[str, tuple[type, type[FusionModel]]] = {
     "late": (LateFusionConfig, LateFusionModel),
     "context": (ContextConfig, ContextModel),
 }
-
-
-def config_fields(name: str) -> tuple[str, ...]:
-    """The configurable field names of model `name`."""
-    config_class, _ = _lookup(name)
-    return tuple(f.name for f in fields(config_class))
 
 
 def build_model(
@@ -67,4 +62,4 @@ def _lookup(name: str) -> tuple[type, type[FusionModel]]:
     return MODELS[name]
 
 
-__all__ = ["MODELS", "build_model", "config_fields", "FusionModel", "MetadataSpec", "ModelOutput", "TrainingDefaults"]
+__all__ = ["MODELS", "build_model", "FusionModel", "MetadataSpec", "ModelOutput", "TrainingDefaults"]

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fuse.batch import MODALITIES, Batch, ModalityInput
+from fuse.batch import MODALITIES, Batch, MetadataSpec, ModalityInput
 from fuse.losses import focal_loss, weighted_bce
 
 TASKS = ("single_label", "multi_label")
@@ -52,39 +52,6 @@ class ModelOutput:
     modality_names: tuple[str, ...] = ()
     fused: torch.Tensor | None = None
 
-    @property
-    def pooled(self) -> torch.Tensor | None:
-        """Alias of `fused`."""
-        return self.fused
-
-
-@dataclass(frozen=True)
-class MetadataSpec:
-    """The per-utterance metadata a model may condition on (`Batch.metadata_*`).
-
-    categorical: (column name, number of known values) pairs, in the column order of
-        `Batch.metadata_categorical`. Index 0 means unknown/unseen; known values are
-        1..cardinality, so an embedding table has cardinality + 1 rows.
-    n_numeric: number of columns of `Batch.metadata_numeric` (already standardised).
-    """
-
-    categorical: tuple[tuple[str, int], ...] = ()
-    n_numeric: int = 0
-
-    def __post_init__(self):
-        items = self.categorical.items() if isinstance(self.categorical, Mapping) else self.categorical
-        normalised = tuple((str(name), int(cardinality)) for name, cardinality in items)
-        for name, cardinality in normalised:
-            if cardinality < 1:
-                raise ValueError(f"MetadataSpec: categorical column {name!r} has cardinality {cardinality} (< 1)")
-        if self.n_numeric < 0:
-            raise ValueError(f"MetadataSpec: n_numeric must be >= 0, got {self.n_numeric}")
-        object.__setattr__(self, "categorical", normalised)
-
-    @property
-    def is_empty(self) -> bool:
-        return not self.categorical and self.n_numeric == 0
-
 
 @dataclass(frozen=True)
 class TrainingDefaults:
@@ -104,8 +71,6 @@ class TrainingDefaults:
     warmup_ratio: float
     grad_clip: float
     amp: bool
-    optimizer: str = "adamw"
-    scheduler: str = "linear_warmup"
     adam_betas: tuple[float, float] = (0.9, 0.999)
     adam_eps: float = 1e-8
     lr_decay_per_epoch: float | None = None

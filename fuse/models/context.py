@@ -35,7 +35,7 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from fuse.batch import Batch, ModalityInput
+from fuse.batch import Batch, ModalityInput, future_key
 from fuse.models.base import (
     BASELINE_TRAINING,
     ClassificationHead,
@@ -120,28 +120,29 @@ def keep_first_turns(mask: torch.Tensor, max_turns: int) -> torch.Tensor:
 
 def context_inputs(batch: Batch, modality: str, dim: int, future: bool) -> tuple[ModalityInput, ModalityInput | None]:
     """`batch.context[modality]` (and its following turns when `future`), checked."""
-    from fuse.data import future_key
-
-    if batch.context is None or modality not in batch.context:
-        raise ValueError(
-            f"this model needs batch.context[{modality!r}] (utterance-level features of the preceding "
-            "turns and the current one); build the data with dialogue context enabled (--context-turns N)"
-        )
-    past = batch.context[modality]
-    if past.values.ndim != 3 or past.values.shape[-1] != dim:
-        raise ValueError(f"context[{modality!r}] has shape {tuple(past.values.shape)}, expected (B, K, {dim})")
+    past = _context_entry(
+        batch, modality, dim, "K",
+        f"this model needs batch.context[{modality!r}] (utterance-level features of the preceding "
+        "turns and the current one); build the data with dialogue context enabled (--context-turns N)",
+    )  # fmt: skip
     if not future:
         return past, None
     key = future_key(modality)
-    if key not in batch.context:
-        raise ValueError(
-            f"context_window='both' needs the following turns, batch.context[{key!r}]; "
-            "the data layer provides them with dialogue context (context_future_turns > 0)"
-        )
-    following = batch.context[key]
-    if following.values.ndim != 3 or following.values.shape[-1] != dim:
-        raise ValueError(f"context[{key!r}] has shape {tuple(following.values.shape)}, expected (B, F, {dim})")
+    following = _context_entry(
+        batch, key, dim, "F",
+        f"context_window='both' needs the following turns, batch.context[{key!r}]; "
+        "the data layer provides them with dialogue context (context_future_turns > 0)",
+    )  # fmt: skip
     return past, following
+
+
+def _context_entry(batch: Batch, key: str, dim: int, turns: str, missing: str) -> ModalityInput:
+    if batch.context is None or key not in batch.context:
+        raise ValueError(missing)
+    entry = batch.context[key]
+    if entry.values.ndim != 3 or entry.values.shape[-1] != dim:
+        raise ValueError(f"context[{key!r}] has shape {tuple(entry.values.shape)}, expected (B, {turns}, {dim})")
+    return entry
 
 
 def encode_dialogue(

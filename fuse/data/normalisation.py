@@ -30,30 +30,19 @@ overflow for features near the float32 range.
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from functools import cached_property
-from pathlib import Path
+from typing import Any
 
 import numpy as np
+import torch
+
+from cache_schema.ragged import rows_for
 
 MODES = ("global", "speaker", "none")
 AUTO = "auto"
 AUTO_MIN_UTTERANCES_PER_SPEAKER = 20
 GLOBAL_GROUP = "<global>"
-
-
-def truncated_rows(offsets: np.ndarray, utterances: np.ndarray, max_len: int | None) -> tuple[np.ndarray, np.ndarray]:
-    """Row numbers of the first `max_len` rows of each utterance (concatenated) and their counts."""
-    starts = offsets[utterances]
-    lengths = offsets[utterances + 1] - starts
-    if max_len is not None:
-        lengths = np.minimum(lengths, max_len)
-    total = int(lengths.sum())
-    if total == 0:
-        return np.zeros(0, dtype=np.int64), lengths
-    run_starts = np.repeat(starts - np.concatenate([[0], np.cumsum(lengths)[:-1]]), lengths)
-    return np.arange(total, dtype=np.int64) + run_starts, lengths
 
 
 @dataclass
@@ -260,32 +249,29 @@ class Normaliser:
             return values.astype(np.float32)
         return self.norms[name].standardise(values, group_row)
 
-    # -- persistence ---------------------------------------------------------------------
-    def save(self, path: str | Path) -> None:
-        """`<path>.npz` holds the arrays, `<path>.json` the mode, groups and counts."""
-        path = Path(path)
-        arrays, meta = {}, {"mode": self.mode, "feature_sets": {}}
-        for name, norm in self.norms.items():
-            arrays[f"{name}/mean"], arrays[f"{name}/std"] = norm.mean, norm.std
-            meta["feature_sets"][name] = {"groups": norm.groups, "counts": norm.counts.tolist(), "fit_on": norm.fit_on}
-        np.savez(path.with_suffix(".npz"), **arrays)
-        path.with_suffix(".json").write_text(json.dumps(meta, indent=1))
+    # -- persistence (inside checkpoints: tensors and lists, so weights_only loading works) --
+    def to_payload(self) -> dict[str, Any]:
+        return {
+            "mode": self.mode,
+            "feature_sets": {
+                name: {
+                    "groups": list(n.groups),
+                    "mean": torch.from_numpy(np.asarray(n.mean, dtype=np.float64)),
+                    "std": torch.from_numpy(np.asarray(n.std, dtype=np.float64)),
+                    "counts": [float(c) for c in n.counts],
+                    "fit_on": list(n.fit_on),
+                }
+                for name, n in self.norms.items()
+            },
+        }
 
     @classmethod
-    def load(cls, path: str | Path) -> "Normaliser":
-        path = Path(path)
-        meta = json.loads(path.with_suffix(".json").read_text())
-        arrays = np.load(path.with_suffix(".npz"))
-        norms = {}
-        for name, info in meta["feature_sets"].items():
-            norms[name] = FeatureNorm(
-                list(info["groups"]),
-                arrays[f"{name}/mean"],
-                arrays[f"{name}/std"],
-                np.asarray(info["counts"], dtype=np.float64),
-                list(info["fit_on"]),
-            )
-        return cls(meta["mode"], norms)
+    def from_payload(cls, payload: dict[str, Any]) -> "Normaliser":
+        norms = {
+            name: FeatureNorm(list(p["groups"]), p["mean"].numpy(), p["std"].numpy(), np.asarray(p["counts"]), list(p["fit_on"]))
+            for name, p in payload["feature_sets"].items()
+        }
+        return cls(payload["mode"], norms)
 
     def training_only(self) -> "Normaliser":
         """A copy without statistics fit at evaluation time (what a run saves)."""
@@ -309,7 +295,7 @@ def accumulate(fs, utterances, group_of_utterance, n_groups, max_len, block_rows
             continue
         first, last = start + int(local[0]), start + int(local[-1]) + 1  # read only the span we need
         values, block_offsets = fs.block(first, last)
-        rows, lengths = truncated_rows(block_offsets, local + start - first, max_len)
+        rows, lengths = rows_for(block_offsets, local + start - first, max_len)
         stats.update(values[rows], np.repeat(group_of_utterance[local + start], lengths))
         if progress is not None:
             progress.update(1)

@@ -1,0 +1,400 @@
+"""The training recipe: one fusion model trained from a feature cache, start to finish.
+
+    recipe = TrainingRecipe(echo=print)
+    recipe.setup(options)            # seed, data, model, optimiser, schedule (or resume state)
+    result = recipe.train()          # epochs, then the best model scored on dev and test
+    recipe.cleanup()
+
+`train(options)` does exactly that. `setup(options, data=...)` takes a `FeatureData` built
+by `build_training_data` (a sweep shares one between runs with the same data options); its
+batches depend only on (seed, epoch), so a shared one gives the batches a fresh one would.
+
+Choices:
+* Hyperparameters default to the model's `default_training` (its seed's values); a YAML
+  `--config` file overrides them and CLI flags override the file (`fuse.options`).
+* AdamW over all parameters, the transformers linear warmup/decay schedule
+  (`get_linear_schedule_with_warmup`) over the exact number of optimiser steps of the run.
+  Models with `lr_decay_per_epoch` (CARAT's 0.98) also multiply the schedule's base learning
+  rate by that factor after every epoch, as CARAT's BertAdam code does.
+* Gradient clipping (model default 1.0); AMP on CUDA only (bfloat16 where supported, else
+  float16 with a GradScaler).
+* Non-finite loss (or gradient norm): the step is skipped before anything reaches the
+  optimiser, and counted; `max_bad_steps` (5) in a row stops the run with the reason.
+* Determinism: seeds for python/numpy/torch, `torch.use_deterministic_algorithms(True,
+  warn_only=True)`, cuDNN benchmark off. Batch order depends only on (seed, epoch), and
+  `last.pt` holds the whole training state, so `--resume` ends with the same metrics as an
+  uninterrupted run.
+* Early stopping on the validation metric (weighted F1 single-label, micro F1 multi-label by
+  default) with the model's patience; `best.pt` keeps the best epoch.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from cache_schema import CacheError, open_cache
+from fuse import metrics as M
+from fuse.data import FeatureData
+from fuse.jsonio import to_jsonable
+from fuse.device import autocast_for, pick_device, seed_everything
+from fuse.options import RESUME_OVERRIDES, OptionsError, TrainOptions, parse_options, resolve_options
+from fuse.runs import checkpoint as C
+from fuse.runs.folders import BEST, KEPT_BESIDE_RUN, LAST, RunError, clear_run_folder, default_run_dir, other_files, write_derived_files
+from fuse.runs.lock import RunLock
+from fuse.runs.inference import Predictions, data_for_checkpoint, infer
+from fuse.runs.provenance import provenance
+from fuse.training.errors import TrainingDiverged, TrainingError
+from fuse.training.inputs import build_training_data, model_classes
+from fuse.training.report import save_attention_example, save_plots
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    metrics: dict[str, Any]
+    history: list[dict[str, Any]]
+
+
+class TrainingRecipe:
+    """setup -> train -> cleanup for one run (see the module docstring).
+
+    `on_epoch_end(epoch, log_row)` is called after each epoch's checkpoint is written (tests
+    use it to interrupt a run).
+    """
+
+    def __init__(self, echo: Callable[[str], None] = print, on_epoch_end: Callable[[int, dict], None] | None = None):
+        self.echo, self.on_epoch_end = echo, on_epoch_end
+        self.tensorboard = self.lock = None
+
+    # -- setup --------------------------------------------------------------------------------
+    def setup(self, options: TrainOptions, data: FeatureData | None = None, *, resume: bool = False) -> None:
+        state = self._setup_run(options, resume)
+        if self.finished_before is not None:
+            return
+        try:
+            self.device = pick_device(self.options.device)
+        except ValueError as exc:
+            raise TrainingError(str(exc)) from None
+        seed_everything(self.options.seed, self.options.deterministic)
+        self._setup_data(data, state)
+        self._setup_model()
+        self._setup_optimizer()
+        if state is not None:
+            self._restore(state)
+        else:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            write_derived_files(self.run_dir, self._checkpoint(epoch=0))
+        summary = self.data_record["summary"]
+        self.echo(
+            f"{self.options.model} on {self.data.cache.path}: {self.task}, {len(self.class_names)} classes, features {summary['feature_sets']}; "
+            f"train/dev/test {len(self.rows['train'])}/{len(self.rows['dev'])}/{len(self.rows['test'])} labelled utterances; "
+            f"{summary['dev_split']}; normalisation {summary['normalisation']} ({summary.get('normalisation_note', 'as stored in the run')})"
+        )
+        self.tensorboard = _open_tensorboard(self.run_dir, self.options.tensorboard)
+
+    def _setup_run(self, options: TrainOptions, resume: bool) -> C.Checkpoint | None:
+        """Options and run folder; for a resumed run, its last checkpoint."""
+        self.finished_before = None
+        if not resume:
+            try:
+                self.options = resolve_options(options)
+            except OptionsError as exc:
+                raise TrainingError(str(exc)) from None
+            self.run_dir = Path(self.options.out)
+            self.lock = RunLock(self.run_dir).acquire()
+            existing = other_files(self.run_dir)
+            if existing and not self.options.overwrite:
+                if (self.run_dir / LAST).exists():
+                    raise TrainingError(f"{self.run_dir} already holds a run; continue it with --resume, choose another --out, or pass --overwrite")
+                shown = ", ".join(p.name for p in existing[:3]) + (", ..." if len(existing) > 3 else "")
+                raise TrainingError(f"{self.run_dir} is not empty ({shown}); choose another --out, or pass --overwrite to replace its contents")
+            if existing:
+                clear_run_folder(self.run_dir, keep=KEPT_BESIDE_RUN)
+            self.history, self.start_epoch, self.best_value, self.best_epoch = [], 0, None, -1
+            self.epochs_without_gain, self.skipped_total, self.threshold = 0, 0, self.options.threshold
+            return None
+        self.run_dir = Path(options.out or default_run_dir(options.model, latest=True))
+        if not self.run_dir.is_dir():
+            raise RunError(f"{self.run_dir}: no such run folder to resume")
+        self.lock = RunLock(self.run_dir).acquire()
+        state = C.load_checkpoint(self.run_dir / LAST)
+        if state.training is None:
+            raise RunError(f"{self.run_dir / LAST}: holds no training state to resume")
+        overrides = {k: getattr(options, k) for k in RESUME_OVERRIDES if k not in ("out", "model")}
+        self.options = parse_options({**state.options, **overrides}, source=str(self.run_dir / LAST))
+        if state.finished:
+            self.echo(f"{self.run_dir}: already finished ({state.training['stop_reason']}); nothing to resume")
+            self.finished_before = RunResult(self.run_dir, state.metrics, state.training["history"])
+        return state
+
+    def _setup_data(self, data: FeatureData | None, state: C.Checkpoint | None) -> None:
+        if state is not None:
+            try:
+                self.data = data_for_checkpoint(state, open_cache(self.options.cache), self.options.in_memory)
+            except CacheError as exc:
+                raise TrainingError(str(exc)) from None
+            self.data_record = state.data
+        else:
+            self.data = data if data is not None else build_training_data(self.options)
+            self.data_record = {
+                "spec": self.data.spec.to_dict(),
+                "summary": self.data.summary(),
+                "metadata_encoding": self.data.metadata.state(),
+                "provenance": provenance(self.data.cache, self.data.spec.feature_sets),
+            }
+        self.data.prefetch = self.data.prefetch or self.device.type == "cuda"
+        self.task, self.class_names = self.data.spec.task, self.data.spec.class_names
+        self.metric = self.options.metric or M.DEFAULT_METRIC[self.task]
+        if self.metric not in M.headline(self.task):
+            raise TrainingError(f"--metric {self.metric!r} is not a {self.task} metric (choose from {', '.join(M.headline(self.task))})")
+        self.rows = {split: self.data.indices(split) for split in ("train", "dev", "test")}
+        if state is None and self.task == "single_label":
+            classes = np.unique(self.data.labels[self.rows["train"]])
+            if len(classes) == 1:
+                raise TrainingError(
+                    f"{self.data.cache.path}: every labelled training utterance is {self.class_names[int(classes[0])]!r}; "
+                    "a classifier needs at least two classes in the train split"
+                )
+        if len(self.rows["train"]) == 0 or len(self.rows["dev"]) == 0:
+            raise TrainingError(
+                f"{self.data.cache.path}: need labelled train and dev utterances (have {len(self.rows['train'])} and {len(self.rows['dev'])})"
+            )
+
+    def _setup_model(self) -> None:
+        from fuse.models import build_model
+
+        data = self.data
+        self.metadata_spec = data.metadata.spec()
+        try:
+            self.model = build_model(self.options.model, data.input_dims, data.n_classes, self.task, self.metadata_spec, **self.options.model_config)
+        except (ValueError, TypeError) as exc:
+            raise TrainingError(f"model {self.options.model!r} cannot be built for this data: {exc}") from None
+        self.model.to(self.device)
+
+    def _setup_optimizer(self) -> None:
+        from transformers import get_linear_schedule_with_warmup
+
+        options, defaults = self.options, model_classes(self.options.model)[0].default_training
+        self.lr_decay_per_epoch = defaults.lr_decay_per_epoch
+        self.optimizer = torch.optim.AdamW(
+            self.model.parameters(), lr=options.lr, weight_decay=options.weight_decay, betas=tuple(defaults.adam_betas), eps=defaults.adam_eps
+        )
+        self.steps_per_epoch = [self.data.n_batches(self.rows["train"], options.batch_size, True, options.seed, e) for e in range(options.epochs)]
+        total = sum(self.steps_per_epoch)
+        self.scheduler = get_linear_schedule_with_warmup(self.optimizer, int(round(options.warmup_ratio * total)), max(1, total))
+        self.autocast, self.scaler = autocast_for(self.device, options.amp)
+
+    def _restore(self, state: C.Checkpoint) -> None:
+        t = state.training
+        self.model.load_state_dict(state.model["state"])
+        self.optimizer.load_state_dict(t["optimizer"])
+        self.scheduler.load_state_dict(t["scheduler"])
+        self.scaler.load_state_dict(t["scaler"])
+        C.set_rng_state(t["rng"])
+        self.start_epoch, self.best_value, self.best_epoch = state.epoch, state.best["value"], state.best["epoch"] - 1
+        self.epochs_without_gain, self.skipped_total, self.history = t["epochs_without_gain"], t["skipped_steps"], t["history"]
+        self.threshold = state.threshold
+        self.echo(f"resuming {self.run_dir} after epoch {state.epoch} of {self.options.epochs}")
+
+    # -- the loop -----------------------------------------------------------------------------
+    def train(self) -> RunResult:
+        if self.finished_before is not None:
+            return self.finished_before
+        options, self.stop_reason = self.options, f"completed {self.options.epochs} epochs"
+        for epoch in range(self.start_epoch, options.epochs):
+            started = time.time()
+            losses, parts, skipped = self.train_epoch(epoch)
+            train_seconds = time.time() - started
+            if self.lr_decay_per_epoch:
+                self.scheduler.base_lrs = [lr * self.lr_decay_per_epoch for lr in self.scheduler.base_lrs]
+            self.skipped_total += skipped
+            dev_metrics, dev_pred = self.evaluate("dev")
+            value = dev_metrics[self.metric]
+            row = {
+                "epoch": epoch + 1,
+                "train_loss": float(np.mean(losses)) if losses else float("nan"),
+                **{f"train_{k}": float(np.mean(v)) for k, v in sorted(parts.items())},
+                "dev_loss": dev_pred.loss,
+                **{f"dev_{k}": dev_metrics[k] for k in M.headline(self.task)},
+                "lr": self.scheduler.get_last_lr()[0],
+                "train_seconds": round(train_seconds, 3),
+                "seconds": round(time.time() - started, 3),
+                "skipped_steps": skipped,
+            }
+            self.history.append(row)
+            self._log_tensorboard(row)
+            improved = M.is_better(self.metric, value, self.best_value)
+            if improved:
+                self.best_value, self.best_epoch, self.epochs_without_gain = value, epoch, 0
+            else:
+                self.epochs_without_gain += 1
+            self.echo(
+                f"epoch {epoch + 1}/{options.epochs}: train loss {row['train_loss']:.4f}, dev {self.metric} {value:.4f}"
+                + (" (best)" if improved else f" (best {self.best_value:.4f} at epoch {self.best_epoch + 1})")
+                + (f", {skipped} step(s) skipped (NaN/inf loss)" if skipped else "")
+            )
+            if self.epochs_without_gain >= options.patience:
+                self.stop_reason = f"early stop: no {self.metric} gain on dev for {options.patience} epochs"
+            self.save_checkpoint(epoch + 1, best=improved)
+            if self.on_epoch_end is not None:
+                self.on_epoch_end(epoch, row)
+            if self.epochs_without_gain >= options.patience:
+                break
+        return self.finish()
+
+    def train_epoch(self, epoch: int) -> tuple[list[float], dict[str, list[float]], int]:
+        """One pass over the training batches: (losses, named loss parts, skipped steps)."""
+        options, model = self.options, self.model
+        model.train()
+        losses, parts, skipped, bad_in_a_row = [], {}, 0, 0
+        batches = self.data.batches(self.rows["train"], options.batch_size, shuffle=True, seed=options.seed, epoch=epoch)
+        bar = tqdm(batches, total=self.steps_per_epoch[epoch], desc=f"epoch {epoch + 1}/{options.epochs}", disable=None if options.progress else True, leave=False)
+        for step, batch in enumerate(bar):
+            batch = batch.to(self.device, non_blocking=True)
+            with self.autocast():
+                output = model(batch)
+            if output.loss is None:
+                raise TrainingError(f"model {options.model!r} returned no loss for a labelled batch")
+            problem = None if torch.isfinite(output.loss) else "loss was"
+            if problem is None:
+                self.scaler.scale(output.loss).backward()
+                self.scaler.unscale_(self.optimizer)
+                grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), options.grad_clip if options.grad_clip > 0 else math.inf)
+                if not torch.isfinite(grad_norm) and not self.scaler.is_enabled():  # a scaler skips such steps itself
+                    problem = "gradient norm was"
+            if problem is not None:  # skipped before anything reaches the optimiser
+                skipped, bad_in_a_row = skipped + 1, bad_in_a_row + 1
+                self.optimizer.zero_grad(set_to_none=True)
+                if bad_in_a_row >= options.max_bad_steps:
+                    raise TrainingDiverged(
+                        f"stopped at epoch {epoch + 1}, step {step + 1}: {problem} NaN/inf for {bad_in_a_row} steps in a row "
+                        f"({self.skipped_total + skipped} skipped in total); check the features (fuse cache validate --deep), "
+                        f"the normalisation statistics and the learning rate"
+                    )
+                continue
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            self.scheduler.step()
+            self.optimizer.zero_grad(set_to_none=True)
+            bad_in_a_row = 0
+            losses.append(output.loss.item())
+            for name, value in output.loss_parts.items():
+                parts.setdefault(name, []).append(float(value))
+            bar.set_postfix(loss=f"{losses[-1]:.4f}")
+        return losses, parts, skipped
+
+    def evaluate(self, split: str, threshold: float | None = None) -> tuple[dict[str, Any], Predictions]:
+        """Metrics and predictions of the current model on a split's labelled rows."""
+        rows = self.rows[split]
+        pred = infer(self.model, self.data, rows, self.options.batch_size, self.device, self.options.amp)
+        threshold = self.threshold if threshold is None else threshold
+        return M.compute_metrics(self.task, self.data.labels[rows], pred.probabilities, self.class_names, threshold), pred
+
+    def finish(self) -> RunResult:
+        """Score the best epoch's model on dev (and test), then write metrics and plots."""
+        best = C.load_checkpoint(self.run_dir / BEST, map_location=self.device)
+        self.model.load_state_dict(best.model["state"])
+        splits = ["dev"] + (["test"] if len(self.rows["test"]) else [])
+        predictions = {s: self.evaluate(s)[1] for s in splits}
+        tuned = None
+        if self.task == "multi_label" and self.options.tune_threshold:
+            self.threshold, score = M.tune_threshold(self.data.labels[self.rows["dev"]], predictions["dev"].probabilities, self.metric)
+            tuned = {"threshold": self.threshold, f"dev_{self.metric}": score}
+            best.threshold = self.threshold
+            C.save_checkpoint(self.run_dir / BEST, best)
+        by_split = {
+            s: M.compute_metrics(self.task, self.data.labels[p.indices], p.probabilities, self.class_names, self.threshold)
+            for s, p in predictions.items()
+        }
+        metrics = {
+            "splits": by_split,
+            "task": self.task,
+            "metric": self.metric,
+            "best_epoch": self.best_epoch + 1,
+            "best_dev_value": self.best_value,
+            "threshold": self.threshold if self.task == "multi_label" else None,
+            "threshold_tuned_on_dev": tuned,
+            "stop_reason": self.stop_reason,
+            "skipped_steps": self.skipped_total,
+            "dev_split": self.data_record["summary"]["dev_split"],
+            "seed": self.options.seed,
+        }
+        last = C.load_checkpoint(self.run_dir / LAST)
+        last.training.update(finished=True, stop_reason=self.stop_reason)
+        last.metrics, last.threshold = metrics, self.threshold
+        C.save_checkpoint(self.run_dir / LAST, last)
+        write_derived_files(self.run_dir, last)
+        plots = save_plots(self.run_dir, self.history, by_split, predictions, self.data.labels, self.class_names, self.task)
+        shown = self.rows["test"] if len(self.rows["test"]) else self.rows["dev"]
+        example = save_attention_example(self.run_dir, self.model, self.data, shown, self.device, self.options.model)
+        self.echo(f"{self.stop_reason}; best epoch {self.best_epoch + 1} ({self.metric} {self.best_value:.4f} on dev)")
+        self.echo(M.format_table(by_split, self.task))
+        self.echo(f"metrics: {self.run_dir / 'metrics.json'}")
+        self.echo("plots:\n" + "\n".join(f"  {p}" for p in plots + ([example] if example else [])))
+        return RunResult(self.run_dir, metrics, self.history)
+
+    # -- checkpoints --------------------------------------------------------------------------
+    def _checkpoint(self, epoch: int, training: bool = True) -> C.Checkpoint:
+        data = self.data
+        return C.Checkpoint(
+            options=self.options.to_dict(),
+            model=C.model_record(self.options.model, self.model, data.input_dims, data.n_classes, self.task, self.metadata_spec),
+            data=to_jsonable(self.data_record),
+            normaliser=data.normaliser.training_only().to_payload(),
+            epoch=epoch,
+            best={"epoch": self.best_epoch + 1, "metric": self.metric, "value": None if self.best_value is None else float(self.best_value)},
+            threshold=self.threshold,
+            training=None
+            if not training
+            else {
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(),
+                "scaler": self.scaler.state_dict(),
+                "rng": C.rng_state(),
+                "epochs_without_gain": self.epochs_without_gain,
+                "skipped_steps": self.skipped_total,
+                "history": to_jsonable(self.history),
+                "finished": False,
+                "stop_reason": None,
+            },
+        )
+
+    def save_checkpoint(self, epoch: int, best: bool = False) -> None:
+        """last.pt (and best.pt when this epoch is the best so far), then the derived files."""
+        if best:
+            C.save_checkpoint(self.run_dir / BEST, self._checkpoint(epoch, training=False))
+        last = self._checkpoint(epoch)
+        C.save_checkpoint(self.run_dir / LAST, last)
+        write_derived_files(self.run_dir, last)
+
+    # -- reporting and cleanup ----------------------------------------------------------------
+    def _log_tensorboard(self, row: dict[str, Any]) -> None:
+        if self.tensorboard is not None:
+            for k, v in row.items():
+                if k != "epoch" and isinstance(v, float) and math.isfinite(v):
+                    self.tensorboard.add_scalar(k.replace("_", "/", 1), v, row["epoch"])
+
+    def cleanup(self) -> None:
+        if self.tensorboard is not None:
+            self.tensorboard.close()
+            self.tensorboard = None
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
+
+
+def _open_tensorboard(run_dir: Path, enabled: bool):
+    if not enabled:
+        return None
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:  # tensorboard is optional
+        return None
+    return SummaryWriter(str(run_dir / "tensorboard"))
