@@ -48,7 +48,9 @@ class FeatureSet:
         self._check_not_replaced()
         try:
             yield
-        except CacheError:
+        except CacheError as exc:
+            if type(exc) is CacheError and str(self.directory) not in str(exc):
+                raise CacheError(f"{self.directory}: feature set {self.name!r} is damaged ({exc})") from exc
             raise
         except Exception as exc:
             raise CacheError(f"{self.directory}: feature set {self.name!r} cannot be read ({type(exc).__name__}: {exc})") from exc
@@ -234,7 +236,9 @@ class Cache:
     def _reading_table(self) -> Iterator[None]:
         try:
             yield
-        except CacheError:
+        except CacheError as exc:
+            if type(exc) is CacheError and str(self.path) not in str(exc):  # e.g. "duplicate utterance ids": say where
+                raise CacheError(f"{self.path}: the utterance table is damaged ({exc})") from exc
             raise
         except Exception as exc:
             raise CacheError(f"{self.path}: the utterance table cannot be read ({type(exc).__name__}: {exc})") from exc
