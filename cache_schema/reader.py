@@ -96,6 +96,21 @@ class FeatureSet:
     def frame_rate(self):
         return self.attrs.get("frame_rate")
 
+    @property
+    def fingerprint(self) -> str | None:
+        """``"sha256:<hex>"`` over everything that determined the values (schema 1.1), or None
+        when unknown (a set written before 1.1, or by `write_feature_set` without one)."""
+        value = self.attrs.get("fingerprint")
+        return value if isinstance(value, str) and value else None
+
+    @property
+    def fingerprint_params(self) -> dict | None:
+        """The parameters the fingerprint hashes (a JSON object), or None when unknown.
+
+        Compare two with `cache_schema.diff_params(expected, actual)`."""
+        value = self.attrs.get("fingerprint_params")
+        return value if isinstance(value, dict) and self.fingerprint is not None else None
+
     def get(self, index: int) -> np.ndarray:
         """The (T, dim) array of utterance `index` (T = 0 when missing)."""
         start, stop = self.offsets[index], self.offsets[index + 1]
@@ -231,6 +246,12 @@ class Cache:
     @property
     def schema_version(self) -> int:
         return int(self.attrs["schema_version"])
+
+    @property
+    def schema_minor(self) -> int:
+        """Minor schema version (0 for caches written before 1.1; see layout.SCHEMA_MINOR)."""
+        value = self.attrs.get("schema_minor", 0)
+        return value if isinstance(value, int) and not isinstance(value, bool) else 0
 
     @contextmanager
     def _reading_table(self) -> Iterator[None]:
