@@ -130,3 +130,62 @@ def test_utterances_removed_from_the_manifest_are_reported(tmp_path, tiny_bert, 
     report = json.loads((tmp_path / "work" / "removed_utterances.json").read_text())
     assert report["ids"] == ["u0001", "u0002"]
     assert open_cache(config["cache"]).n_utterances == 4  # kept, as said
+
+
+# ------------------------------------------------------------------------------ video timestamps
+
+
+def write_vfr_video(path, width: int = 64, height: int = 48) -> dict:
+    """25 fps for 5 s (frames at 0, 0.04, ... 4.96 s), then 1 fps (frames at 6, 7, 8, 9 s); mean
+    grey level of each frame by its presentation time."""
+    import fractions
+
+    import av
+
+    times = [k / 25 for k in range(125)] + [6.0, 7.0, 8.0, 9.0]
+    levels = {}
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=25)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        stream.codec_context.time_base = stream.time_base = fractions.Fraction(1, 1000)
+        for i, t in enumerate(times):
+            level = 2 * i if i < 125 else 30 + 60 * (i - 125)  # the slow frames: 30, 90, 150, 210
+            frame = av.VideoFrame.from_ndarray(np.full((height, width, 3), level, np.uint8), format="rgb24")
+            frame.pts, frame.time_base = round(t * 1000), fractions.Fraction(1, 1000)
+            for packet in stream.encode(frame):
+                container.mux(packet)
+            levels[round(t, 3)] = level
+        for packet in stream.encode(None):
+            container.mux(packet)
+    return levels
+
+
+@pytest.mark.parametrize("reader", ["auto", "opencv"])
+def test_variable_frame_rate_video_gives_the_frames_showing_at_the_sampled_times(tmp_path, reader):
+    """Reproduction (6): frame index = time x average fps picked 0.8-1.7 s for 1.25-2.75 s and
+    refused 6.5-9.5 s as past the end of an "8.120 s" file."""
+    from extract.media import load_video_frames
+
+    levels = write_vfr_video(tmp_path / "vfr.mp4")
+    frames, info = load_video_frames(tmp_path / "vfr.mp4", start=1.25, end=2.75, normalize="none", reader=reader, return_info=True)
+    expected = [np.floor(t * 25 + 1e-6) / 25 for t in info["timestamps"]]  # the 25 fps frame showing at t
+    np.testing.assert_allclose(info["frame_times"], expected, atol=1e-4)
+    assert info["reader"] == ("decord" if reader == "auto" else "opencv")
+    np.testing.assert_allclose(frames.mean(axis=(1, 2, 3)) * 255, [levels[round(t, 3)] for t in expected], atol=2.5)
+
+    frames, info = load_video_frames(tmp_path / "vfr.mp4", start=6.5, end=9.5, normalize="none", reader=reader, return_info=True)
+    assert [round(t, 3) for t in info["frame_times"]] == [6.0, 6.0, 7.0, 7.0, 7.0, 8.0, 8.0, 8.0]
+    np.testing.assert_allclose(frames.mean(axis=(1, 2, 3)) * 255, [30, 30, 90, 90, 90, 150, 150, 150], atol=2.5)
+
+
+def test_decord_failure_on_a_16_px_wide_video_falls_back_to_opencv(tmp_path, caplog):
+    from extract.media import load_video_frames
+
+    levels = write_vfr_video(tmp_path / "narrow.mp4", width=16, height=16)
+    with caplog.at_level("WARNING"):
+        frames, info = load_video_frames(tmp_path / "narrow.mp4", start=1.0, end=2.0, size=32, normalize="none", return_info=True)
+    assert info["reader"] == "opencv" and info["decord_error"]  # decord opens it, then fails to copy the frames
+    assert "reading it with OpenCV" in caplog.text
+    expected = [np.floor(t * 25 + 1e-6) / 25 for t in info["timestamps"]]
+    np.testing.assert_allclose(info["frame_times"], expected, atol=1e-4)
+    np.testing.assert_allclose(frames.mean(axis=(1, 2, 3)) * 255, [levels[round(t, 3)] for t in expected], atol=3)
