@@ -189,3 +189,37 @@ def test_decord_failure_on_a_16_px_wide_video_falls_back_to_opencv(tmp_path, cap
     expected = [np.floor(t * 25 + 1e-6) / 25 for t in info["timestamps"]]
     np.testing.assert_allclose(info["frame_times"], expected, atol=1e-4)
     np.testing.assert_allclose(frames.mean(axis=(1, 2, 3)) * 255, [levels[round(t, 3)] for t in expected], atol=3)
+
+
+# ------------------------------------------------------------------------------ label case
+
+
+def test_label_case_is_folded_the_same_way_in_every_adapter(tmp_path):
+    """Reproduction (9b): a manifest made `Joy` and `joy` two classes; MELD folded case."""
+    from extract.corpora import CorpusError, load_audio_folder, load_manifest, load_meld
+
+    manifest = write_manifest(tmp_path / "m.csv", [{"id": "a", "text": "x", "label": "Joy"}, {"id": "b", "text": "y", "label": "joy "},
+                                                   {"id": "c", "text": "z", "label": "ANGER"}])
+    table = load_manifest(manifest)
+    assert table.label_names == ["anger", "joy"] and table.columns["label"].tolist() == [1, 1, 0]
+    assert load_manifest(manifest, label_names=["Joy", "Anger"]).columns["label"].tolist() == [0, 0, 1]
+    with pytest.raises(CorpusError, match=r"label names \['JOY', 'joy'\] are the same class once case is folded"):
+        load_manifest(manifest, label_names=["joy", "JOY", "anger"])
+    multi = write_manifest(tmp_path / "multi.csv", [{"id": "a", "labels": "Joy;Anger"}, {"id": "b", "labels": "joy"}])
+    table = load_manifest(multi)
+    assert table.labels_multi_names == ["anger", "joy"] and table.columns["labels_multi"].tolist() == [[1, 1], [0, 1]]
+
+    folder = tmp_path / "emo"
+    folder.mkdir()
+    for stem in ("01a01Wa", "01a01Fb"):
+        write_wav(folder / f"{stem}.wav", 0.1, 0)
+    table = load_audio_folder(str(folder), preset="emodb", label_map={"W": "Anger", "F": "HAPPINESS"})
+    assert table.label_names == ["anger", "happiness"] and sorted(table.columns["label"].tolist()) == [0, 1]
+
+    meld = tmp_path / "meld"
+    meld.mkdir()
+    header = "Sr No.,Utterance,Speaker,Emotion,Sentiment,Dialogue_ID,Utterance_ID,Season,Episode,StartTime,EndTime\n"
+    (meld / "train_sent_emo.csv").write_text(header + "1,Hi,A,Joy,positive,0,0,1,1,\"00:00:01,000\",\"00:00:02,000\"\n"
+                                             "2,Yo,B,joy,positive,0,1,1,1,\"00:00:02,000\",\"00:00:03,000\"\n")
+    table = load_meld(str(meld), splits=["train"])
+    assert table.columns["label"].tolist() == [table.label_names.index("joy")] * 2
