@@ -206,6 +206,25 @@ def utterance_identity(modality: str, kind: str, shards: list[tuple[dict, dict |
     return {"n": n, "sha256": digest.hexdigest()}
 
 
+def checkpoint_files_digest(folder: str | None, max_bytes: int = 64 << 20) -> str | None:
+    """sha256 over a local checkpoint folder's non-weight files (tokenizer, configs, vocab...).
+
+    `weights_sha256` covers the weights; a changed vocabulary or preprocessor config changes the
+    values too. None for hub checkpoints (their `revision` pins every file) and non-folders.
+    """
+    if not folder or not os.path.isdir(folder):
+        return None
+    from extract.encoders.base import WEIGHT_SUFFIXES, sha256_file
+
+    root = Path(folder)
+    lines = []
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        if path.name.endswith(WEIGHT_SUFFIXES) or path.stat().st_size > max_bytes or any(part.startswith(".") for part in path.relative_to(root).parts):
+            continue
+        lines.append(f"{path.relative_to(root)} {sha256_file(path)}\n")
+    return hashlib.sha256("".join(lines).encode("utf-8")).hexdigest()
+
+
 def fingerprint_params(value: Mapping[str, Any], provenance: Mapping[str, Any], shards: list[tuple[dict, dict | None]]) -> dict:
     """What a feature set's values depend on (hashed by cache_schema.compute_fingerprint).
 
@@ -226,6 +245,7 @@ def fingerprint_params(value: Mapping[str, Any], provenance: Mapping[str, Any], 
         "layers": provenance.get("layers"),
         "frame_rate": provenance.get("frame_rate"),
         "dim": provenance.get("dim"),
+        "checkpoint_files_sha256": checkpoint_files_digest(provenance.get("checkpoint_path")),
         "code": {path: code_digest(path) for path in encoder_code_files(kind)},
         "utterances": utterance_identity(modality, kind, shards),
     }

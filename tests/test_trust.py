@@ -63,6 +63,7 @@ def test_changed_layers_change_the_fingerprint_and_are_named(tmp_path, tiny_bert
     assert params["encoder"]["layer_pooling"] == "concat"  # a default, recorded all the same
     assert set(params["code"]) >= {"extract/encoders/text_hf.py", "extract/encoders/base.py"}
     assert params["utterances"]["n"] == 3 and params["weights_sha256"] == first.attrs["weights_sha256"]
+    assert len(params["checkpoint_files_sha256"]) == 64  # the tokenizer/config files of the local checkpoint
 
     extract_by_hand(text_config(tmp_path, manifest, tiny_bert, shard_size=2,
                                 feature={"encoder": {"kind": "hf-text", "checkpoint": str(tiny_bert), "max_length": 64, "layers": [-2]}}))
