@@ -20,7 +20,12 @@ Choices:
   empty `audio_path`) are recorded without being sent to the encoder.
 * Parts carry the digest of the shard file they were built from; the merge refuses (and
   removes) a part built from an older version of its shard, so a stale part can never be
-  merged silently.
+  merged silently. Audio/video parts also carry the digest of their shard's media identity
+  file (extract/provenance.py); a part built before a clip changed is stale in the same way.
+* The merge stores the feature set's provenance fingerprint (cache schema 1.1):
+  `fingerprint_params` (extract.provenance.fingerprint_params) and `fingerprint`, their hash.
+* The table step reports utterances the cache has and the corpus no longer has
+  (`removed_utterances`): they stay in the cache, and the run says so.
 """
 from __future__ import annotations
 
