@@ -560,7 +560,10 @@ def run_merge(value: dict, cache: str, index_file: str, work_dir: str, compressi
     if value["encoder"]["kind"] == CSD_KIND:
         attrs["nonfinite_replaced_by_zero"] = run_stats.get("nonfinite_replaced_by_zero", {})
     attrs.pop("dtype", None)  # the stored dtype comes from the parts, not the compute dtype
-    params = _jsonable(fingerprint_params(value, provenance, _shard_payloads(work_dir, index)))
+    # CPU parts compute in float32, CUDA parts under bf16/fp16 autocast: the values differ, so the
+    # compute dtypes of the parts (all of them, should a run mix devices) are fingerprinted.
+    compute = sorted({str(m["provenance"]["compute_dtype"]) for m in metas if m["provenance"].get("compute_dtype")})
+    params = _jsonable(fingerprint_params(value, {**provenance, "compute_dtype": compute or None}, _shard_payloads(work_dir, index)))
     attrs["fingerprint_params"] = params
     attrs["fingerprint"] = compute_fingerprint(params)
     merge_parts(cache, name, parts, _jsonable(attrs), compression=None if compression == "none" else compression)
