@@ -570,6 +570,7 @@ def run_merge(value: dict, cache: str, index_file: str, work_dir: str, compressi
     failures = [f for meta in metas for f in meta["failures"]]
     summary = {
         "feature": name,
+        "fingerprint": attrs["fingerprint"],
         "modality": provenance.get("modality"),
         "dim": provenance.get("dim"),
         "dtype": value["dtype"],
