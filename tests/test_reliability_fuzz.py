@@ -26,7 +26,6 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-import zarr
 from hypothesis import HealthCheck, Phase, event, given, settings
 from hypothesis import strategies as st
 

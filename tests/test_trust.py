@@ -3,7 +3,6 @@ workflow, removed utterances, label case. Each test injects the fault and assert
 from __future__ import annotations
 
 import json
-import shutil
 
 import numpy as np
 import pytest
