@@ -70,6 +70,15 @@ rule extract:
 
 
 onsuccess:
+    # Utterances dropped from the corpus since the cache was built: said whenever the table ran.
+    _removed = f"{WORK}/removed_utterances.json"
+    if os.path.exists(_removed) and os.path.getmtime(_removed) >= STARTED:
+        import json
+
+        with open(_removed) as handle:
+            _report = json.load(handle)
+        if _report["n"]:
+            print(f"\nNOTE {_report['message']} (list: {_removed})\n")
     # The summary, once, at the very end (only when this run rebuilt the report).
     if os.path.exists(VALIDATED) and os.path.getmtime(VALIDATED) >= STARTED:
         import json

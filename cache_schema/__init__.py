@@ -4,7 +4,8 @@ Stage 1 writes it, stage 2 reads it, and nothing else defines its layout. See LA
 this folder for the byte-level description.
 """
 from .errors import CacheError, CacheValidationError, FeatureSetNotFound, NotACacheError, SchemaVersionError
-from .layout import SCHEMA_VERSION
+from .fingerprint import compute_fingerprint, diff_params
+from .layout import SCHEMA_MINOR, SCHEMA_VERSION
 from .reader import Cache, FeatureSet, open_cache
 from .table import NO_LABEL, UtteranceTable
 from .validate import check_feature_sets, validate
@@ -20,6 +21,7 @@ from .writer import (
 )
 
 __all__ = [
+    "SCHEMA_MINOR",
     "SCHEMA_VERSION",
     "NO_LABEL",
     "Cache",
@@ -33,6 +35,8 @@ __all__ = [
     "UtteranceTable",
     "cache_lock",
     "check_feature_sets",
+    "compute_fingerprint",
+    "diff_params",
     "create_cache",
     "delete_feature_set",
     "is_cache",

@@ -12,6 +12,10 @@ import numpy as np
 
 SCHEMA_VERSION = 1
 KNOWN_SCHEMA_VERSIONS = (1,)
+# Minor version: additions a reader of the same major version may ignore (root attribute
+# `schema_minor`, absent = 0). 1.1 adds the feature-set attributes `fingerprint` and
+# `fingerprint_params` (LAYOUT.md, "Fingerprint").
+SCHEMA_MINOR = 1
 
 ROOT_ATTR = "emofuse_cache"  # root attributes live under this one key
 UTTERANCES = "utterances"
@@ -40,6 +44,8 @@ FEATURE_ATTR_KEYS = (
     "extraction_config",  # the config block that produced the set
     "code_version",  # emofuse version that wrote it
 )
+# Schema 1.1: optional on read (feature sets written before 1.1 lack them: fingerprint unknown).
+FINGERPRINT_KEYS = ("fingerprint", "fingerprint_params")
 
 # Feature-set names look like "<modality>.<encoder>", e.g. text.bert-base-uncased.
 FEATURE_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+\-]*$")

@@ -48,7 +48,9 @@ class FeatureSet:
         self._check_not_replaced()
         try:
             yield
-        except CacheError:
+        except CacheError as exc:
+            if type(exc) is CacheError and str(self.directory) not in str(exc):
+                raise CacheError(f"{self.directory}: feature set {self.name!r} is damaged ({exc})") from exc
             raise
         except Exception as exc:
             raise CacheError(f"{self.directory}: feature set {self.name!r} cannot be read ({type(exc).__name__}: {exc})") from exc
@@ -93,6 +95,21 @@ class FeatureSet:
     @property
     def frame_rate(self):
         return self.attrs.get("frame_rate")
+
+    @property
+    def fingerprint(self) -> str | None:
+        """``"sha256:<hex>"`` over everything that determined the values (schema 1.1), or None
+        when unknown (a set written before 1.1, or by `write_feature_set` without one)."""
+        value = self.attrs.get("fingerprint")
+        return value if isinstance(value, str) and value else None
+
+    @property
+    def fingerprint_params(self) -> dict | None:
+        """The parameters the fingerprint hashes (a JSON object), or None when unknown.
+
+        Compare two with `cache_schema.diff_params(expected, actual)`."""
+        value = self.attrs.get("fingerprint_params")
+        return value if isinstance(value, dict) and self.fingerprint is not None else None
 
     def get(self, index: int) -> np.ndarray:
         """The (T, dim) array of utterance `index` (T = 0 when missing)."""
@@ -230,11 +247,19 @@ class Cache:
     def schema_version(self) -> int:
         return int(self.attrs["schema_version"])
 
+    @property
+    def schema_minor(self) -> int:
+        """Minor schema version (0 for caches written before 1.1; see layout.SCHEMA_MINOR)."""
+        value = self.attrs.get("schema_minor", 0)
+        return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
     @contextmanager
     def _reading_table(self) -> Iterator[None]:
         try:
             yield
-        except CacheError:
+        except CacheError as exc:
+            if type(exc) is CacheError and str(self.path) not in str(exc):  # e.g. "duplicate utterance ids": say where
+                raise CacheError(f"{self.path}: the utterance table is damaged ({exc})") from exc
             raise
         except Exception as exc:
             raise CacheError(f"{self.path}: the utterance table cannot be read ({type(exc).__name__}: {exc})") from exc

@@ -14,6 +14,7 @@ import numpy as np
 
 from . import layout as L
 from .errors import CacheError, CacheValidationError
+from .fingerprint import compute_fingerprint
 from .reader import Cache, FeatureSet
 from .table import REQUIRED_COLUMNS
 
@@ -90,6 +91,7 @@ def _check_feature_set(fs: FeatureSet, n: int | None, problems: list[str], deep:
     missing = [k for k in L.FEATURE_ATTR_KEYS if k not in attrs]
     if missing:
         problems.append(f"{where}: attributes missing {missing}")
+    _check_fingerprint(attrs, where, problems)
     for arr in (L.VALUES, L.OFFSETS, L.PRESENT):
         if arr not in fs.group:
             problems.append(f"{where}: missing array {arr!r}")
@@ -141,6 +143,23 @@ def _check_feature_set(fs: FeatureSet, n: int | None, problems: list[str], deep:
     _check_shard_files(fs, problems)
     if deep and not problems:
         _scan_values(fs, problems)
+
+
+def _check_fingerprint(attrs: dict[str, Any], where: str, problems: list[str]) -> None:
+    """Schema 1.1: a fingerprint, when present, must be the hash of its parameters."""
+    fingerprint, params = attrs.get("fingerprint"), attrs.get("fingerprint_params")
+    if fingerprint is None and params is None:
+        return  # written before 1.1 (or without a fingerprint): unknown, not wrong
+    if not isinstance(fingerprint, str) or not isinstance(params, dict):
+        problems.append(f"{where}: fingerprint {fingerprint!r} / fingerprint_params of type {type(params).__name__}: need a string and an object")
+        return
+    try:
+        expected = compute_fingerprint(params)
+    except ValueError as exc:  # NaN/inf in the parameters
+        problems.append(f"{where}: fingerprint_params cannot be hashed ({exc})")
+        return
+    if fingerprint != expected:
+        problems.append(f"{where}: fingerprint {fingerprint} is not the hash of fingerprint_params ({expected}); the attributes were edited")
 
 
 def _check_shard_files(fs: FeatureSet, problems: list[str]) -> None:

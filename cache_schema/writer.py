@@ -90,6 +90,8 @@ def _touch_root(root: zarr.Group) -> None:
     meta = dict(root.attrs.get(L.ROOT_ATTR, {}))
     meta["updated"] = _now()
     meta["producer_version"] = L.producer_version()
+    minor = meta.get("schema_minor", 0)
+    meta["schema_minor"] = max(minor if isinstance(minor, int) else 0, L.SCHEMA_MINOR)
     root.attrs[L.ROOT_ATTR] = meta
 
 
@@ -208,6 +210,7 @@ def create_cache(path: str | os.PathLike, table: UtteranceTable) -> None:
             root = zarr.open_group(str(path), mode="a")
             root.attrs[L.ROOT_ATTR] = {
                 "schema_version": L.SCHEMA_VERSION,
+                "schema_minor": L.SCHEMA_MINOR,
                 "producer_version": L.producer_version(),
                 "created": _now(),
                 "updated": _now(),
@@ -241,6 +244,7 @@ def merged_table(old: UtteranceTable, new: UtteranceTable) -> UtteranceTable:
     if conflicts:
         shown = "; ".join(conflicts[:10]) + (f"; and {len(conflicts) - 10} more" if len(conflicts) > 10 else "")
         raise CacheError(f"utterance tables disagree for {len(conflicts)} id(s): {shown}")
+    old = _refresh_media_columns(old, new, old_index)
     added = np.array([uid not in old_index for uid in new.ids], dtype=bool)
     if not added.any():
         return old
@@ -252,6 +256,32 @@ def merged_table(old: UtteranceTable, new: UtteranceTable) -> UtteranceTable:
             raise CacheError(f"cannot add utterances: column {name!r} exists in only one of the tables")
         cols[name] = np.concatenate([a, b])
     return UtteranceTable(cols, old.label_names or new.label_names, old.labels_multi_names or new.labels_multi_names)
+
+
+# Where an utterance's media is (or why it is missing) describes the corpus on disk now, not
+# the utterance: a clip added or moved since the cache was built updates these in place (the
+# extraction workflow then re-extracts that row's shard). Other columns of existing rows never change.
+MEDIA_COLUMNS = ("audio_path", "video_path", "media_missing_reason")
+
+
+def _refresh_media_columns(old: UtteranceTable, new: UtteranceTable, old_index: dict) -> UtteranceTable:
+    """`old` with MEDIA_COLUMNS of rows `new` also has taken from `new` (the same object if unchanged)."""
+    names = [c for c in MEDIA_COLUMNS if c in old.columns and c in new.columns]
+    if not names:
+        return old
+    cols = dict(old.columns)
+    changed = False
+    for name in names:
+        column = np.array(old.columns[name], dtype=object, copy=True)
+        for j, uid in enumerate(new.ids):
+            i = old_index.get(uid)
+            if i is not None and column[i] != new.columns[name][j]:
+                column[i] = new.columns[name][j]
+                changed = True
+        cols[name] = column
+    if not changed:
+        return old
+    return UtteranceTable(cols, old.label_names, old.labels_multi_names)
 
 
 def _write_utterances_locked(path: Path, table: UtteranceTable) -> None:

@@ -20,7 +20,12 @@ Choices:
   empty `audio_path`) are recorded without being sent to the encoder.
 * Parts carry the digest of the shard file they were built from; the merge refuses (and
   removes) a part built from an older version of its shard, so a stale part can never be
-  merged silently.
+  merged silently. Audio/video parts also carry the digest of their shard's media identity
+  file (extract/provenance.py); a part built before a clip changed is stale in the same way.
+* The merge stores the feature set's provenance fingerprint (cache schema 1.1):
+  `fingerprint_params` (extract.provenance.fingerprint_params) and `fingerprint`, their hash.
+* The table step reports utterances the cache has and the corpus no longer has
+  (`removed_utterances`): they stay in the cache, and the run says so.
 """
 from __future__ import annotations
 
@@ -51,6 +56,8 @@ from extract.config import (
     shard_payload,
     write_if_changed,
 )
+
+from extract.provenance import fingerprint_params, media_path, read_media_digest, write_media_identity
 
 log = logging.getLogger("extract.run")
 
@@ -118,18 +125,26 @@ def run_table(corpus: dict, cache: str, work_dir: str, shard_size: int, index_ou
     cached = open_cache(cache)
     n = cached.n_utterances
     columns = cached.table.columns
+    removed = removed_utterances(cached.table.ids, table.ids)
+    _write_json(Path(work_dir) / "removed_utterances.json", removed)
+    if removed["n"]:
+        log.warning("table: %s", removed["message"])
     source = str(corpus.get("path") or corpus.get("root") or "")
     offsets = MEDIA_TIMES_ARE_OFFSETS[corpus["kind"]]
     shards_dir = Path(work_dir) / "shards"
     shards_dir.mkdir(parents=True, exist_ok=True)
-    entries, rewritten = [], []
+    entries, rewritten, media_changed = [], [], []
     for index, (start, stop) in enumerate(plan_shards(n, shard_size)):
         name = shard_name(index)
         payload = shard_payload(columns, start, stop, offsets, source)
         if write_if_changed(shard_path(work_dir, name), json.dumps(payload, ensure_ascii=False, indent=0) + "\n"):
             rewritten.append(name)
+        if write_media_identity(shard_path(work_dir, name), payload["rows"]):
+            media_changed.append(name)
         entries.append({"name": name, "row_start": start, "row_stop": stop, "digest": payload["digest"]})
-    stale = sorted(p for p in shards_dir.glob("shard-*.json") if p.stem[len("shard-"):] not in {e["name"] for e in entries})
+    names = {e["name"] for e in entries}
+    stale = sorted(p for p in shards_dir.glob("shard-*.json") if p.stem[len("shard-"):] not in names)
+    stale += sorted(p for p in shards_dir.glob("media-*.json") if p.stem[len("media-"):] not in names)
     for path in stale:  # shard_size shrank the shard count: remove shards nothing reads
         path.unlink()
     index = {
@@ -139,15 +154,35 @@ def run_table(corpus: dict, cache: str, work_dir: str, shard_size: int, index_ou
         "shards": entries,
         "corpus": corpus,
         "corpus_report": report,
+        "removed_from_corpus": {"n": removed["n"], "first": removed["ids"][:10]},
         "seconds": round(time.perf_counter() - started, 3),
     }
     _write_json(index_out, index)
     log.info(
-        "table: %d utterances in %s; %d shard(s) of <= %d, %d written (%s), %d unchanged%s",
+        "table: %d utterances in %s; %d shard(s) of <= %d, %d written (%s), %d unchanged%s; media changed in %d shard(s)%s",
         n, cache, len(entries), shard_size, len(rewritten), ", ".join(rewritten[:8]) + ("..." if len(rewritten) > 8 else ""),
         len(entries) - len(rewritten), f"; removed {len(stale)} stale shard file(s)" if stale else "",
+        len(media_changed), f" ({', '.join(media_changed[:8])}{'...' if len(media_changed) > 8 else ''})" if media_changed else "",
     )
     return index
+
+
+def removed_utterances(cached_ids, corpus_ids) -> dict:
+    """Utterances in the cache that the corpus no longer has (rows are never deleted).
+
+    They keep their row and features (feature sets index the table by row, and a cache may be
+    shared by runs that still use them); stage 2 still sees them. This is reported so that it
+    is never silent: in the table log, in WORK/removed_utterances.json and at the end of the run.
+    """
+    corpus = set(map(str, corpus_ids))
+    ids = [str(uid) for uid in cached_ids if str(uid) not in corpus]
+    message = ""
+    if ids:
+        shown = ", ".join(ids[:5]) + (f" and {len(ids) - 5} more" if len(ids) > 5 else "")
+        message = (f"{len(ids)} utterance(s) in the cache are no longer in the corpus ({shown}); they stay in the cache "
+                   "with their features (rows are never deleted) and stage 2 still uses them; to drop them, extract "
+                   "into a new cache path")
+    return {"n": len(ids), "ids": ids, "message": message}
 
 
 # ------------------------------------------------------------------------------ part
@@ -375,7 +410,8 @@ def run_part(value: dict, runtime: dict, shard_file: str, out: str, encoder=None
         **result.extra,
     }
     started = time.perf_counter()
-    writer.close({"provenance": _jsonable(provenance), "value_config": value, "runtime": runtime, "shard_digest": shard["digest"], "stats": stats})
+    writer.close({"provenance": _jsonable(provenance), "value_config": value, "runtime": runtime, "shard_digest": shard["digest"],
+                  "media_digest": read_media_digest(shard_file), "stats": stats})
     result.write_seconds = time.perf_counter() - started
     rate = n / max(result.encode_seconds, 1e-9)
     log.info("%s: %d utterances, %d extracted, %d failed, %.1f s encoding (%.1f utt/s) + %.1f s loading + %.1f s writing -> %s",
@@ -426,17 +462,39 @@ def _sum_stats(a: Any, b: Any) -> Any:
     return a  # lists/strings: keep the first part's (e.g. most_common_oov)
 
 
+def feature_modality(value: dict) -> str:
+    kind = value["encoder"]["kind"]
+    if kind == CSD_KIND:
+        return CSD_MODALITIES[value["encoder"]["modality"]]
+    from extract.config import encoder_class
+
+    return encoder_class(kind).modality
+
+
+def _shard_payloads(work_dir: str, index: dict) -> list[tuple[dict, dict | None]]:
+    """(shard payload, media identity payload or None) per shard, in row order."""
+    out = []
+    for entry in index["shards"]:
+        shard_file = shard_path(work_dir, entry["name"])
+        shard = json.loads(shard_file.read_text(encoding="utf-8"))
+        media_file = media_path(shard_file)
+        media = json.loads(media_file.read_text(encoding="utf-8")) if media_file.is_file() else None
+        out.append((shard, media))
+    return out
+
+
 def run_merge(value: dict, cache: str, index_file: str, work_dir: str, compression: str, out: str) -> dict:
     """Merge every part of one feature set into the cache and write its summary JSON."""
     import zarr
 
-    from cache_schema import merge_parts
+    from cache_schema import compute_fingerprint, merge_parts
     from extract.encoders.base import sha256_file
 
     with open(index_file, encoding="utf-8") as handle:
         index = json.load(handle)
     name = value["name"]
     started = time.perf_counter()
+    uses_media = value["encoder"]["kind"] != CSD_KIND and feature_modality(value) in ("audio", "video")
     parts, metas, stale = [], [], []
     for entry in index["shards"]:
         path = part_path(work_dir, name, entry["name"])
@@ -444,7 +502,8 @@ def run_merge(value: dict, cache: str, index_file: str, work_dir: str, compressi
             raise ExtractionError(f"{name}: part {path} is missing (shard {entry['name']}); rerun the workflow")
         attrs = dict(zarr.open_group(str(path), mode="r").attrs)
         meta = attrs.get("attrs", {})
-        if meta.get("shard_digest") != entry["digest"] or canonical_json(meta.get("value_config")) != canonical_json(value):
+        media_stale = uses_media and meta.get("media_digest") != read_media_digest(shard_path(work_dir, entry["name"]))
+        if meta.get("shard_digest") != entry["digest"] or canonical_json(meta.get("value_config")) != canonical_json(value) or media_stale:
             stale.append(path)
             continue
         parts.append(path)
@@ -453,7 +512,7 @@ def run_merge(value: dict, cache: str, index_file: str, work_dir: str, compressi
         for path in stale:
             shutil.rmtree(path, ignore_errors=True)
         raise ExtractionError(
-            f"{name}: {len(stale)} part(s) were built from an older shard file or feature config and have been "
+            f"{name}: {len(stale)} part(s) were built from an older shard file, media or feature config and have been "
             f"removed ({', '.join(str(p) for p in stale[:5])}); rerun the workflow to rebuild them"
         )
     first = metas[0]["provenance"] if metas else {}
@@ -501,10 +560,17 @@ def run_merge(value: dict, cache: str, index_file: str, work_dir: str, compressi
     if value["encoder"]["kind"] == CSD_KIND:
         attrs["nonfinite_replaced_by_zero"] = run_stats.get("nonfinite_replaced_by_zero", {})
     attrs.pop("dtype", None)  # the stored dtype comes from the parts, not the compute dtype
+    # CPU parts compute in float32, CUDA parts under bf16/fp16 autocast: the values differ, so the
+    # compute dtypes of the parts (all of them, should a run mix devices) are fingerprinted.
+    compute = sorted({str(m["provenance"]["compute_dtype"]) for m in metas if m["provenance"].get("compute_dtype")})
+    params = _jsonable(fingerprint_params(value, {**provenance, "compute_dtype": compute or None}, _shard_payloads(work_dir, index)))
+    attrs["fingerprint_params"] = params
+    attrs["fingerprint"] = compute_fingerprint(params)
     merge_parts(cache, name, parts, _jsonable(attrs), compression=None if compression == "none" else compression)
     failures = [f for meta in metas for f in meta["failures"]]
     summary = {
         "feature": name,
+        "fingerprint": attrs["fingerprint"],
         "modality": provenance.get("modality"),
         "dim": provenance.get("dim"),
         "dtype": value["dtype"],

@@ -6,7 +6,7 @@ from extract.config import demo_corpus_files
 
 if CFG.get("demo"):
 
-    rule demo_corpus:
+    checkpoint demo_corpus:  # a checkpoint: the table's media inputs are listed once it has run
         output:
             demo_corpus_files(CFG),
         params:

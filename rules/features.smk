@@ -16,6 +16,14 @@
 # does not track, so tuning it keeps finished parts.
 
 
+# Audio/video parts also read shards/media-NNNNN.json (size + mtime of the shard's media,
+# rewritten by the table only when it changes): a replaced clip reruns exactly its shard.
+def media_input(wildcards):
+    if FEATURES[wildcards.feature].modality in ("audio", "video") and FEATURES[wildcards.feature].kind != "csd":
+        return [f"{WORK}/shards/media-{wildcards.shard}.json"]
+    return []
+
+
 wildcard_constraints:
     feature=one_of(FEATURES),
     shard=r"\d{5}",
@@ -28,6 +36,7 @@ for _rule_name, _names, _gpus in (("part", CPU_FEATURES, 0), ("part_gpu", GPU_FE
             _rule_name
         input:
             shard=f"{WORK}/shards/shard-{{shard}}.json",
+            media=media_input,
         output:
             part=directory(f"{WORK}/parts/{{feature}}/shard-{{shard}}.zarr"),
         wildcard_constraints:

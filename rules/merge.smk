@@ -3,7 +3,9 @@
 
 rule merge:
     input:
-        index=INDEX,
+        # ancient: the table rewrites the index on every run (e.g. after a media change); what a
+        # merge depends on is its parts, which are rebuilt when their shard or media changed.
+        index=ancient(INDEX),
         parts=parts_of,
     output:
         summary=f"{WORK}/merged/{{feature}}.json",

@@ -5,12 +5,27 @@
 # changes, so after adding utterances only new or changed shards have a newer mtime than
 # their parts and Snakemake reruns exactly those part jobs. index.json (the declared output)
 # lists the shards; merges depend on it and are re-evaluated when the checkpoint reruns.
+#
+# Media identity (extract/provenance.py): the inputs also list every media file of the corpus
+# and their folders, so a clip rewritten, replaced or added makes this checkpoint rerun; it
+# rewrites shards/media-NNNNN.json (size + mtime of each row's media) only for shards whose
+# media changed, and those files are inputs of the audio/video part jobs: exactly the shards
+# with a changed clip re-extract. With the demo, its checkpoint is evaluated first so the media
+# list is the same on every run (a changed input set would rerun this job once).
 from extract.config import canonical_json, corpus_input_files
+from extract.provenance import corpus_media_inputs
+
+
+def table_inputs(wildcards):
+    if CFG.get("demo"):
+        checkpoints.demo_corpus.get()
+        return demo_corpus_files(CFG) + corpus_media_inputs(CFG["corpus"])
+    return corpus_input_files(CFG["corpus"]) + corpus_media_inputs(CFG["corpus"])
 
 
 checkpoint table:
     input:
-        demo_corpus_files(CFG) or corpus_input_files(CFG["corpus"]),
+        table_inputs,
     output:
         index=INDEX,
     params:

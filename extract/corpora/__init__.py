@@ -31,6 +31,25 @@ class CorpusError(ValueError):
     """A corpus file is missing, unreadable or holds a value the adapter cannot use."""
 
 
+def fold_label(name: str) -> str:
+    """The one spelling of a class name in every adapter: stripped and case-folded (`Joy` == `joy`).
+
+    Corpora spell classes inconsistently (MELD's CSVs mix `Joy`/`joy` across releases; hand-made
+    manifests too), and two spellings must never become two classes.
+    """
+    return str(name).strip().casefold()
+
+
+def fold_label_names(names: Iterable[str], source: str) -> list[str]:
+    """`fold_label` over a list of class names; names equal after folding are a CorpusError."""
+    names = [str(n) for n in names]
+    folded = [fold_label(n) for n in names]
+    clashes = sorted({n for n in names if folded.count(fold_label(n)) > 1})
+    if clashes:
+        raise CorpusError(f"{source}: label names {clashes} are the same class once case is folded (labels are case-insensitive)")
+    return folded
+
+
 def table_from_records(
     source: str, records: list[dict], label_names: Iterable[str] = (), labels_multi_names: Iterable[str] = ()
 ) -> UtteranceTable:
@@ -39,6 +58,9 @@ def table_from_records(
     Adapters check ids and labels themselves with row-level messages; this is the safety net
     for anything the table contract rejects beyond that.
     """
+    label_names = fold_label_names(label_names, source)  # the safety net: every adapter folds already
+    labels_multi_names = fold_label_names(labels_multi_names, source)
+    records = [{**r, "label": fold_label(r["label"])} if isinstance(r.get("label"), str) else r for r in records]
     try:
         return UtteranceTable.from_records(records, label_names, labels_multi_names)
     except CacheError as err:
@@ -120,4 +142,6 @@ __all__ = [
     "read_folds",
     "repair_mojibake",
     "table_from_records",
+    "fold_label",
+    "fold_label_names",
 ]

@@ -25,7 +25,7 @@ from typing import Any, Iterable, Mapping
 
 from cache_schema.table import REQUIRED_COLUMNS, UtteranceTable
 
-from . import CorpusError, table_from_records
+from . import CorpusError, fold_label, fold_label_names, table_from_records
 
 log = logging.getLogger(__name__)
 
@@ -129,6 +129,7 @@ def load_audio_folder(
             label = label_map.get(code) if label_map is not None else code
             if label is None:
                 raise CorpusError(f"{file}: label code {code!r} is not in label_map {dict(label_map)}")
+            label = fold_label(label)
         split = default_split
         if split_group is not None:
             split_values_seen.add(fields.get(split_group, ""))
@@ -159,7 +160,7 @@ def load_audio_folder(
                 f"split_by {split_group!r}: value(s) {unused} match no file (values found: {sorted(split_values_seen)[:20]})"
             )
     if names is None:  # no label_map: the codes themselves, sorted
-        names = sorted(found_codes)
+        names = fold_label_names(sorted(found_codes), f"audio folder {root_path}: label codes")
     unknown = sorted({r["label"] for r in records if r["label"] is not None and r["label"] not in names})
     if unknown:
         raise CorpusError(f"audio folder {root_path}: labels {unknown} are not in label_names {names}")
@@ -207,7 +208,7 @@ def _label_names(label_map: Mapping[str, str] | None, label_names: Iterable[str]
         names = [str(n) for n in label_names]
         if len(set(names)) != len(names):
             raise CorpusError(f"label_names has duplicates: {names}")
-        return names
+        return fold_label_names(names, "audio folder option label_names")
     if label_map is not None:
-        return list(dict.fromkeys(label_map.values()))
+        return list(dict.fromkeys(fold_label(v) for v in label_map.values()))
     return None

@@ -35,7 +35,7 @@ from typing import Any, Iterable
 
 from cache_schema.table import REQUIRED_COLUMNS, UtteranceTable
 
-from . import CorpusError, table_from_records
+from . import CorpusError, fold_label, fold_label_names, table_from_records
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +93,7 @@ def load_manifest(
         names = [str(n) for n in label_names]
         if len(set(names)) != len(names):
             raise CorpusError(f"label_names has duplicates: {names}")
+        names = fold_label_names(names, f"{manifest}: option label_names")
     known = set(names)
     multi_names = names if "labels" in columns else []
     extra_columns = [c for c in columns if c not in KNOWN_COLUMNS]
@@ -252,7 +253,7 @@ def _parse_row(manifest: Path, where: str, row: dict[str, Any]) -> dict[str, Any
     if not identifier.strip():
         raise CorpusError(f"{at}: column 'id' is empty")
     at = f"{manifest} {where} (id {identifier!r})"
-    label = _text(row.get("label"), at, "label").strip() or None
+    label = fold_label(_text(row.get("label"), at, "label")) or None  # case-insensitive: Joy == joy
     return {
         "where": where,
         "id": identifier,
@@ -316,10 +317,10 @@ def _label_list(value: Any, at: str) -> list[str] | None:
             except (json.JSONDecodeError, RecursionError) as err:
                 raise CorpusError(f"{at}: column 'labels' looks like JSON but is not ({err})") from err
         else:
-            return [part.strip() for part in stripped.split(";") if part.strip()]
+            return [fold_label(part) for part in stripped.split(";") if part.strip()]
     if not isinstance(value, list) or not all(isinstance(n, str) for n in value):
         raise CorpusError(f"{at}: column 'labels' must be 'a;b' or a list of names, got {value!r}")
-    return [n.strip() for n in value if n.strip()]
+    return [fold_label(n) for n in value if n.strip()]
 
 
 def _check_unique_ids(manifest: Path, parsed: list[dict[str, Any]]) -> None:

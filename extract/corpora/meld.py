@@ -34,7 +34,7 @@ from typing import Any, Iterable, Mapping
 
 from cache_schema.table import UtteranceTable
 
-from . import CorpusError, table_from_records
+from . import CorpusError, fold_label, table_from_records
 
 log = logging.getLogger(__name__)
 
@@ -243,7 +243,7 @@ def _read_split(
             raise CorpusError(f"{where}: duplicate utterance id, first seen on row {seen[utt_id]}")
         seen[utt_id] = line_no
 
-        emotion = (row["Emotion"] or "").strip().lower()
+        emotion = fold_label(row["Emotion"] or "")
         if emotion not in MELD_EMOTIONS:
             raise CorpusError(f"{where}: emotion {row['Emotion']!r} is not one of {MELD_EMOTIONS}")
         sentiment = (row["Sentiment"] or "").strip().lower()

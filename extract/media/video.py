@@ -10,19 +10,25 @@ say where in the clip the frames come from; we decide (see :func:`sample_frame_t
     ``t_k = mid + (k - (n_frames - 1) / 2) / fps``;
   - shorter clip: the slots split the whole clip, ``t_k = start + (k + 0.5) * length / n_frames``
     (spacing below 0.5 s; the rate target cannot be met, coverage of the clip is kept).
-* A timestamp ``t`` maps to the native frame that is showing at ``t``: ``floor(t * native_fps)``
-  (constant frame rate assumed, as the containers report it), clamped into the clip's frames.
-  When the clip has fewer than ``n_frames`` frames, frames repeat. An ``end`` up to 0.5 s past
-  the last frame is clamped to it; further is a MediaError (as for audio). Likewise a frame
-  the header promises but that cannot be decoded (file cut short) is a MediaError, unless it
-  lies within 0.5 s of the last decodable frame (header frame counts are estimates).
+* A timestamp ``t`` maps to the frame that is showing at ``t``: the last frame whose
+  presentation time (pts) is ``<= t``, from decord's ``get_frame_timestamp`` (OpenCV: the
+  position in ms of each grabbed frame). So a variable frame rate is handled exactly; nothing
+  assumes ``index = t * average fps``. The video lasts until the last frame stops showing (its
+  end time, else its pts + the median frame gap). Indices are clamped into the clip's frames;
+  when the clip has fewer than ``n_frames`` frames, frames repeat. An ``end`` up to 0.5 s past
+  the end is clamped to it; further is a MediaError (as for audio). Likewise a header that
+  promises frames that cannot be decoded (file cut short) is a MediaError when the clip reaches
+  more than 0.5 s past the last decodable frame (header frame counts are estimates).
 * Frames are resized to ``size x size`` with ``cv2.resize(INTER_AREA)`` without cropping
   (ViTImageProcessor and VideoMAEImageProcessor also resize the whole frame to 224 x 224), then
   scaled to [0, 1] and normalised with ImageNet mean/std.
 * Reader: ``decord.VideoReader`` with one ``get_batch`` call on the sorted unique indices (no
-  per-frame random seeking). If decord cannot open the file, OpenCV (``cv2.VideoCapture``) reads
-  it sequentially from the start. Both decode with FFmpeg and resize with the same cv2 call, so
-  the result is the same frames; which reader ran is logged and returned in the info dict.
+  per-frame random seeking). If decord fails in any way (cannot open the file, odd timestamps,
+  or cannot decode/copy the frames, as for videos narrower than about 32 px), OpenCV
+  (``cv2.VideoCapture``) reads it sequentially: once for the frames' timestamps, once for the
+  chosen frames. Both decode with FFmpeg and resize with the same cv2 call, so the result is the
+  same frames; which reader ran (and decord's error) is logged and returned in the info dict,
+  with ``frame_times``, the pts of each returned frame.
 """
 from __future__ import annotations
 
@@ -61,17 +67,15 @@ def sample_frame_timestamps(clip_start: float, clip_end: float, n_frames: int = 
     return (clip_start + clip_end) / 2.0 + slots * (length / n_frames)
 
 
-def _frame_indices(timestamps: np.ndarray, native_fps: float, first: int, last: int) -> np.ndarray:
-    return np.clip(np.floor(timestamps * native_fps + 1e-6).astype(np.int64), first, last)
+def _clip_frames(path: str, starts: np.ndarray, duration: float, start, end, n_frames: int, fps: float):
+    """Sampling times and the frame showing at each of them, from the frames' presentation times.
 
-
-def _clip_frames(path: str, total: int, native_fps: float, start, end, n_frames: int, fps: float):
-    """Timestamps and native frame indices for the requested clip."""
-    if total <= 0:
+    ``starts``: every frame's presentation time (seconds, increasing); ``duration``: when the last
+    frame stops showing. The frame for time t is the last one with ``start <= t``, so a variable
+    frame rate is handled exactly (no ``t * average fps``).
+    """
+    if len(starts) == 0:
         raise MediaError(path, "video has zero frames")
-    if not native_fps or not math.isfinite(native_fps) or native_fps <= 0:
-        raise MediaError(path, f"video reports no usable frame rate ({native_fps!r})")
-    duration = total / native_fps
     clip_start = 0.0 if start is None else float(start)
     if end is not None and float(end) > duration + END_TOLERANCE_SECONDS:
         raise MediaError(path, f"requested end {float(end):.3f} s is past the end of the video ({duration:.3f} s)")
@@ -81,72 +85,94 @@ def _clip_frames(path: str, total: int, native_fps: float, start, end, n_frames:
     if clip_end <= clip_start:
         raise MediaError(path, f"empty clip: end ({end}) <= start ({clip_start})")
     timestamps = sample_frame_timestamps(clip_start, clip_end, n_frames, fps)
-    first = min(int(math.floor(clip_start * native_fps + 1e-6)), total - 1)
-    last = max(first, min(int(math.ceil(clip_end * native_fps - 1e-6)) - 1, total - 1))
-    return timestamps, _frame_indices(timestamps, native_fps, first, last), (clip_start, clip_end)
+    showing = lambda t: np.searchsorted(starts, np.asarray(t) + 1e-6, side="right") - 1  # noqa: E731
+    first = int(max(showing(clip_start), 0))
+    last = int(max(first, np.searchsorted(starts, clip_end - 1e-6, side="left") - 1))  # last frame starting in the clip
+    indices = np.clip(showing(timestamps), first, last).astype(np.int64)
+    return timestamps, indices, (clip_start, clip_end)
+
+
+def _timeline_duration(starts: np.ndarray, last_end: float | None = None) -> float:
+    """When the last frame stops showing: its own end time if known, else start + median frame gap."""
+    if last_end is not None and last_end > starts[-1]:
+        return float(last_end)
+    gap = float(np.median(np.diff(starts))) if len(starts) > 1 else 0.04
+    return float(starts[-1] + gap)
 
 
 def _read_with_decord(path: str, start, end, n_frames, fps):
     import decord
 
     reader = decord.VideoReader(path, ctx=decord.cpu(0))  # raises if it cannot open the file
-    total, native_fps = len(reader), float(reader.get_avg_fps())
-    timestamps, indices, clip = _clip_frames(path, total, native_fps, start, end, n_frames, fps)
+    total = len(reader)
+    if total <= 0:
+        raise MediaError(path, "video has zero frames")
+    times = np.asarray(reader.get_frame_timestamp(np.arange(total)), dtype=np.float64).reshape(total, 2)
+    starts = times[:, 0]
+    if not (np.isfinite(starts).all() and (np.diff(starts) > 0).all()):
+        raise RuntimeError("decord reports presentation times that are not increasing")
+    timestamps, indices, clip = _clip_frames(path, starts, _timeline_duration(starts, times[-1, 1]), start, end, n_frames, fps)
     unique = np.unique(indices)  # sorted: one forward pass through the file
-    try:
-        decoded = reader.get_batch(unique.tolist()).asnumpy()  # (n, H, W, 3) RGB uint8
-    except Exception as error:  # decord raises its own DECORDError types
-        raise MediaError(path, f"decord could not decode frames {unique.tolist()} ({error})") from error
+    decoded = reader.get_batch(unique.tolist()).asnumpy()  # (n, H, W, 3) RGB uint8; decord errors -> fallback
     frames = decoded[np.searchsorted(unique, indices)]
-    return frames, {"reader": "decord", "native_fps": native_fps, "total_frames": total,
-                    "timestamps": timestamps.tolist(), "frame_indices": indices.tolist(), "clip": clip}
+    return frames, {"reader": "decord", "native_fps": float(reader.get_avg_fps()), "total_frames": total,
+                    "timestamps": timestamps.tolist(), "frame_indices": indices.tolist(),
+                    "frame_times": starts[indices].tolist(), "clip": clip}
 
 
 def _read_with_opencv(path: str, start, end, n_frames, fps):
+    """Two sequential passes: presentation times of every decodable frame, then the chosen frames."""
     capture = cv2.VideoCapture(path)
     try:
         if not capture.isOpened():
             raise MediaError(path, "OpenCV could not open the video")
         native_fps = float(capture.get(cv2.CAP_PROP_FPS))
-        total = int(capture.get(cv2.CAP_PROP_FRAME_COUNT))
-        if total <= 0:  # some containers do not store a count: count by grabbing
-            total = 0
-            while capture.grab():
-                total += 1
-            capture.set(cv2.CAP_PROP_POS_FRAMES, 0)
-        timestamps, indices, clip = _clip_frames(path, total, native_fps, start, end, n_frames, fps)
-        wanted = set(indices.tolist())
-        found: dict[int, np.ndarray] = {}
-        last_decoded = None
-        n_read = 0  # frames grabbed from the start of the file
+        header_total = int(capture.get(cv2.CAP_PROP_FRAME_COUNT))
+        starts_list = []
+        while capture.grab():
+            starts_list.append(float(capture.get(cv2.CAP_PROP_POS_MSEC)) / 1000.0)
+    finally:
+        capture.release()
+    if not starts_list:
+        raise MediaError(path, "video has zero frames")
+    starts = np.asarray(starts_list)
+    if not (np.diff(starts) > 0).all():  # no usable timestamps: fall back to the nominal rate
+        if not native_fps or not math.isfinite(native_fps) or native_fps <= 0:
+            raise MediaError(path, f"video reports no usable frame rate or timestamps ({native_fps!r})")
+        starts = np.arange(len(starts)) / native_fps
+    n_read = len(starts)
+    duration = _timeline_duration(starts)
+    # The frame count in a header is an estimate, but one far beyond the decodable frames means a
+    # file cut short (a truncated MP4 with its index first still promises every frame): refuse a
+    # clip reaching past the last decodable frame rather than repeat that frame.
+    if native_fps > 0 and header_total > n_read:
+        promised = header_total / native_fps
+        wanted_end = promised if end is None else float(end)
+        if promised > duration + END_TOLERANCE_SECONDS and wanted_end > duration + END_TOLERANCE_SECONDS:
+            raise MediaError(path, f"truncated or damaged video: the header promises {header_total} frames but frames past "
+                                   f"{n_read - 1} ({duration:.3f} s) could not be decoded (clip to {wanted_end:.3f} s)")
+    timestamps, indices, clip = _clip_frames(path, starts, duration, start, end, n_frames, fps)
+    wanted = set(indices.tolist())
+    found: dict[int, np.ndarray] = {}
+    capture = cv2.VideoCapture(path)
+    try:
         for index in range(int(indices.max()) + 1):  # sequential read, no seeking
             if not capture.grab():
                 break
-            n_read += 1
             if index in wanted:
                 ok, bgr = capture.retrieve()
                 if not ok:
                     raise MediaError(path, f"OpenCV could not decode frame {index}")
                 found[index] = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
-                last_decoded = index
     finally:
         capture.release()
-    if not found:
-        raise MediaError(path, "video has zero frames")
-    # The frame count in a header is an estimate: indices up to END_TOLERANCE_SECONDS past the
-    # real end use the last frame. Further past it, the file is cut short or damaged (a truncated
-    # MP4 with its index first still promises every frame): refuse rather than repeat one frame.
-    clamped = [i for i in indices.tolist() if i not in found]
-    tolerance_frames = int(math.ceil(END_TOLERANCE_SECONDS * native_fps))
-    missing = [i for i in clamped if i > n_read - 1 + tolerance_frames]
+    missing = sorted(wanted - set(found))
     if missing:
-        raise MediaError(path, f"truncated or damaged video: the header promises {total} frames but frames past "
-                               f"{n_read - 1} could not be decoded (requested frame(s) {missing})")
-    frames = np.stack([found.get(i, found[last_decoded]) for i in indices.tolist()])
-    info = {"reader": "opencv", "native_fps": native_fps, "total_frames": total,
-            "timestamps": timestamps.tolist(), "frame_indices": indices.tolist(), "clip": clip}
-    if clamped:
-        info["indices_past_end"] = clamped
+        raise MediaError(path, f"OpenCV could not decode frame(s) {missing} on the second pass")
+    frames = np.stack([found[i] for i in indices.tolist()])
+    info = {"reader": "opencv", "native_fps": native_fps, "total_frames": n_read,
+            "timestamps": timestamps.tolist(), "frame_indices": indices.tolist(),
+            "frame_times": starts[indices].tolist(), "clip": clip}
     return frames, info
 
 
@@ -212,14 +238,17 @@ def load_video_frames(
     if reader in ("auto", "decord"):
         try:
             frames, info = _read_with_decord(path, start, end, n_frames, fps)
-        except MediaError:
-            raise
-        except Exception as error:  # decord could not open the file
+        except MediaError as error:
+            if "outside the video" in error.reason or "past the end" in error.reason or "empty clip" in error.reason:
+                raise  # the request, not the reader: OpenCV would say the same
+            decord_error = error.reason
+        except Exception as error:  # decord could not open or decode the file (e.g. frames < 32 px wide)
             decord_error = _short_decord_message(error)
+        if decord_error is not None:
             if reader == "decord":
-                problem = _probe_video_problem(path) or "decord could not open the video"
-                raise MediaError(path, f"{problem} (decord: {decord_error})") from error
-            log.warning("%s: decord could not open the video (%s); reading it with OpenCV", path, decord_error)
+                problem = _probe_video_problem(path) or "decord could not read the video"
+                raise MediaError(path, f"{problem} (decord: {decord_error})")
+            log.warning("%s: decord could not read the video (%s); reading it with OpenCV", path, decord_error)
     if reader == "opencv" or decord_error is not None:
         try:
             frames, info = _read_with_opencv(path, start, end, n_frames, fps)
