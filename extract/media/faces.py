@@ -164,7 +164,7 @@ def detection_frames(path: str, n_frames: int, fps: float, start, end, reader: s
     return frames, info
 
 
-def _crop_box(box, margin: float, width: int, height: int) -> np.ndarray:
+def crop_box(box, margin: float, width: int, height: int) -> np.ndarray:
     """The detection box enlarged by `margin` per side, squared about its centre, clipped to the frame."""
     x, y, w, h = (float(v) for v in box)
     side = max(w, h) * (1.0 + 2.0 * margin)
@@ -300,7 +300,7 @@ def find_faces(
     boxes = np.zeros((len(frames), 4), dtype=np.int64)
     for k, box in enumerate(chosen):
         if box is not None:
-            boxes[k] = _crop_box(box, margin, width, height)
+            boxes[k] = crop_box(box, margin, width, height)
     info.update({"speaker_choice": choice, "faces_found": int(found.sum()), "n_detected": [len(d) for d in detections]})
     info["clip"] = list(info["clip"])
     return FaceFrames(frames, boxes, found, [len(d) for d in detections], info)
