@@ -215,3 +215,4 @@ def test_image_cnn_on_the_face_and_the_frame(tmp_path):
     frame = build_encoder({"kind": "image-cnn"}, device="cpu")
     (whole,) = frame.encode([Utterance("hopper", video_path=clip)])
     assert whole.shape == (8, 1280) and whole.any(axis=1).all()  # the grey frames are encoded too
+

