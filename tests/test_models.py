@@ -484,6 +484,7 @@ def test_carat_loss_parts_follow_the_weights():
     parts = model(make_batch()).loss_parts
     assert "lsr_clf" not in parts and "recon_clf" in parts
     expected = {"recon_clf", "aug_clf", "final_clf", "agg_clf", "shuffle_clf", "contrastive", "recon_mse", "aug_mse"}
+    expected |= {"ctc_text", "ctc_audio", "ctc_video"}  # ctc_weight 1.0, every modality aligned (issue 16)
     assert set(parts) == expected
     model.eval()
     assert "shuffle_clf" not in model(make_batch()).loss_parts

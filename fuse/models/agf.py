@@ -23,6 +23,10 @@ Seed step -> code:
 - Steps 24-25: FC (504 -> 512) -> ReLU -> dropout -> FC.
 - Loss: focal (alpha 1.148, gamma 1.582) for single-label, BCE for multi-label.
 `gate_weights` in the output are alpha.
+
+Option (seed 1 Algorithm 2 steps 4 and 10, default off): `video_encoder_blocks > 0` runs the
+trainable temporal video encoder (`fuse.models.video_encoder`) over the video frame embeddings
+before pooling; the seed preset uses 6 blocks, embedding 504, 12 heads, dropout 0.185.
 """
 from __future__ import annotations
 
@@ -46,10 +50,11 @@ from fuse.models.base import (
     masked_softmax,
     stack_present,
 )
+from fuse.models.video_encoder import VideoEncoderConfig, build_video_encoder, encode_video, encoded_dims
 
 
 @dataclass
-class AGFConfig(ClassifierLossConfig):
+class AGFConfig(ClassifierLossConfig, VideoEncoderConfig):
     fusion_dim: int = 504  # seed 1 Table 2
     hidden_size: int = 512  # seed 1 Table 1
     dropout: float = 0.185  # seed 1 Table 1
@@ -58,6 +63,10 @@ class AGFConfig(ClassifierLossConfig):
     gate_temperature: float = 1.0
 
     default_training: ClassVar[TrainingDefaults] = SEED1_TRAINING
+
+    def __post_init__(self):
+        super().__post_init__()
+        self.check_video_encoder()
 
 
 class AdaptiveGatedFusion(nn.Module):
@@ -98,8 +107,10 @@ class AGFModel(FusionModel):
 
     def __init__(self, config: AGFConfig, input_dims, n_classes, task, metadata=None):
         super().__init__(config, input_dims, n_classes, task, metadata)
+        self.video_encoder = build_video_encoder(config, self.input_dims)
+        dims = encoded_dims(self.input_dims, self.video_encoder)
         self.modality_projections = nn.ModuleDict(
-            {m: nn.Linear(self.input_dims[m], config.fusion_dim) for m in self.modality_names}
+            {m: nn.Linear(dims[m], config.fusion_dim) for m in self.modality_names}
         )
         self.metadata_encoder = MetadataEncoder(metadata, config.metadata_embedding_dim, config.metadata_numeric_dim)
         self.gated_fusion = AdaptiveGatedFusion(
@@ -111,9 +122,10 @@ class AGFModel(FusionModel):
     def forward(self, batch: Batch) -> ModelOutput:
         inputs = self.modality_inputs(batch)
         present = stack_present(inputs, self.modality_names)
+        sequences = encode_video(self.video_encoder, inputs)
         features = torch.stack(
             [
-                self.modality_projections[m](masked_mean(inputs[m].values, inputs[m].mask.bool()))
+                self.modality_projections[m](masked_mean(sequences[m], inputs[m].mask.bool()))
                 for m in self.modality_names
             ],
             dim=1,

@@ -15,15 +15,27 @@ Per modality m (any >= 2 of text / audio / video; Facet is "video" here):
    of the sequential LSTM below (COVAREP sequences reach 10,891 frames; the published code
    only ever saw 500-frame unaligned inputs).
 3. Adaptive CTC alignment (seed 3.3.2), `AdaptiveCTCAlignment`, for `aligned_modalities`
-   (published: audio and video; text is the reference and is not aligned). A 2-layer LSTM
-   predicts, for every input frame, a distribution over `ctc_target_length` + 1 classes
-   (class 0 = blank); the aligned sequence is P^T x (published `CTCModule`). Adaptive length:
-   each utterance gets its own target length
-   min(max(round(len * ctc_compression_ratio), ctc_min_target_length), max_len), with max_len
-   = min(ctc_target_length, position limit - 1); position classes beyond an utterance's target
-   length are masked out of its softmax, so an utterance's alignment does not depend on the
-   rest of the batch. Alignment before the encoders is the published order; it also keeps
-   self-attention over long audio affordable. The LSTM runs in float32 even under autocast.
+   (default text, audio and video: seed 3.3.2 aligns every modality to the common resolution
+   `ctc_target_length` and lists the text limit among the constraints; the published code
+   aligned only audio and video to the text). A 2-layer LSTM predicts, for every input frame,
+   a distribution over `ctc_target_length` + 1 classes (class 0 = blank); the aligned sequence
+   is P^T x (published `CTCModule`). Adaptive length (seed 3.3.2): each utterance gets its own
+   target length min(max(round(len * ratio_m), ctc_min_target_length), max_len_m), with
+   max_len_m = min(ctc_target_length, position limit of m - 1) and, by default
+   (`ctc_compression_ratio=None`), ratio_m = ctc_target_length / position limit of m, i.e. 2/3
+   for text (600) and 1/3 for audio and video (1200): a sequence that fills its modality's
+   position table is compressed to the common resolution. A number for
+   `ctc_compression_ratio` uses that fixed ratio for every modality (the behaviour before
+   issue 16). Position classes beyond an utterance's target length are masked out of its
+   softmax, so an utterance's alignment does not depend on the rest of the batch. Alignment
+   before the encoders is the published order; it also keeps self-attention over long audio
+   affordable. The LSTM runs in float32 even under autocast.
+   CTC training (seed 3.1.4, MulT's unaligned setting): "ctc_<m>" = ctc_weight *
+   `torch.nn.CTCLoss` of the LSTM's log-probabilities against the monotone target sequence
+   1, 2, ..., L_b (every target position once, in order), input length = real frames; the
+   loss is divided by L_b and averaged over utterances that have the modality (as
+   CTCLoss(reduction="mean")). An utterance whose target is longer than its input
+   (len < ctc_min_target_length) has no monotone alignment; its term is 0 (zero_infinity).
 4. Transformer encoder ("TfModel"): Linear input embedding + learned position embedding +
    LayerNorm + dropout, then post-norm GELU transformer layers (BERT style, as published) with
    a key padding mask; text 4 layers, audio and video 3, hidden 512. Seed 2 says 12 heads, but
@@ -72,6 +84,12 @@ Losses (`loss_parts` names in quotes; a term whose weight is 0 is not computed):
   queue of 8192 past projections (registered buffers) provides extra contrast samples. Unlike
   the published code, queue rows are contrast samples only, not anchors (they carry no
   gradient), and empty queue slots are left out rather than initialised with random vectors.
+- "ctc_text", "ctc_audio", "ctc_video" (ctc_weight 1.0 each; step 3): the CTC alignment
+  loss of seed 3.1.4. Seed 3.4.4's combined loss omits it; we follow 3.1.4 / 3.3.2 (the blank
+  class and "CTC" alignment only mean something when a CTC loss trains the position predictor)
+  and MulT, whose CTCModule CARAT reuses and which adds the CTC loss with weight 1 for
+  unaligned data. ctc_weight = 0 gives the 3.4.4 list alone (the aligners then learn only
+  through the classification and contrastive terms).
 Queue and prototypes are updated in training mode only, after the loss is computed.
 """
 from __future__ import annotations
@@ -95,10 +113,16 @@ from fuse.models.base import (
     stack_present,
 )
 
-# Seed 2, 3.5: BertAdam-style AdamW (eps 1e-6, weight decay 0.01), lr 3e-5, 20% warmup,
-# 0.98 decay per epoch, batch 64, 15 epochs, clip 1.0, threshold 0.2. The published code
-# keeps the best epoch without early stopping: patience = epochs. Seed 2 does not mention
-# mixed precision (the published code trains in float32).
+# Seed 2, 3.5: BertAdam (AdamW with betas 0.9/0.999, eps 1e-6, weight decay 0.01; biases and
+# LayerNorm parameters not decayed, as BERT-style code groups them), lr 3e-5, schedule
+# lr * min(step / w, sqrt(w / step)) with w = 20% of the steps (3.5.1), 0.98 decay per epoch,
+# coef_lr 0.1 (3.5.2) on the per-modality transformer encoders (`encoders.*`: the BERT-style
+# backbone part of CARAT; with frozen stage-1 features there is no pretrained encoder in the
+# model, see docs/models.md), batch 64, 15 epochs, clip 1.0, threshold 0.2. The published code
+# keeps the best epoch without early stopping: patience = epochs. Seed 2 does not mention mixed
+# precision (the published code trains in float32). Sequences are not truncated by the data
+# layer (max_len None per modality): seed 3.7 keeps the natural lengths and the model bounds
+# them itself (`bound_length`).
 CARAT_TRAINING = TrainingDefaults(
     lr=3e-5,
     weight_decay=0.01,
@@ -108,9 +132,14 @@ CARAT_TRAINING = TrainingDefaults(
     warmup_ratio=0.2,
     grad_clip=1.0,
     amp=False,
+    scheduler="bert_adam",
     adam_eps=1e-6,
+    exclude_norm_and_bias=True,
+    coef_lr=0.1,
+    coef_lr_group=("encoders.",),
     lr_decay_per_epoch=0.98,
     threshold=0.2,
+    max_len={"text": None, "audio": None, "video": None},
 )
 
 SEED2_POS_WEIGHT = (1.0, 1.1, 1.2, 2.5, 1.3, 3.0)  # Happy, Sad, Anger, Surprise, Disgust, Fear
@@ -128,9 +157,12 @@ class CARATConfig:
     text_max_positions: int = 600
     audio_max_positions: int = 1200
     video_max_positions: int = 1200
-    aligned_modalities: tuple[str, ...] = ("audio", "video")
+    aligned_modalities: tuple[str, ...] = ("text", "audio", "video")  # seed 3.3.2
     ctc_target_length: int = 400
-    ctc_compression_ratio: float = 0.25
+    # None: seed 3.3.2, ctc_target_length / position limit per modality; a number: fixed ratio.
+    ctc_compression_ratio: float | None = None
+    # Weight of the CTC alignment loss per aligned modality (seed 3.1.4; MulT adds it with 1).
+    ctc_weight: float = 1.0
     ctc_min_target_length: int = 16
     ctc_lstm_layers: int = 2
     proj_size: int = 64
@@ -167,6 +199,10 @@ class CARATConfig:
             raise ValueError("hidden_size must be >= 2")
         if self.ctc_target_length < 1 or self.ctc_min_target_length < 1:
             raise ValueError("ctc_target_length and ctc_min_target_length must be >= 1")
+        if self.ctc_compression_ratio is not None and self.ctc_compression_ratio <= 0:
+            raise ValueError(f"ctc_compression_ratio must be > 0 or None, got {self.ctc_compression_ratio}")
+        if self.ctc_weight < 0:
+            raise ValueError(f"ctc_weight must be >= 0, got {self.ctc_weight}")
         if not 0.0 <= self.prototype_momentum < 1.0:
             raise ValueError(f"prototype_momentum must be in [0, 1), got {self.prototype_momentum}")
         if self.queue_size < 0:
@@ -177,6 +213,12 @@ class CARATConfig:
 
     def max_positions(self, modality: str) -> int:
         return getattr(self, f"{modality}_max_positions")
+
+    def compression_ratio(self, modality: str) -> float:
+        """Seed 3.3.2: the common resolution over the modality's position limit, unless fixed."""
+        if self.ctc_compression_ratio is not None:
+            return float(self.ctc_compression_ratio)
+        return self.ctc_target_length / self.max_positions(modality)
 
 
 # --------------------------------------------------------------------------------------------
@@ -229,6 +271,8 @@ class AdaptiveCTCAlignment(nn.Module):
 
     forward(values (B, T, D), mask (B, T)) -> aligned (B, L, D), aligned mask (B, L),
     position probabilities (B, L, T); L is the largest per-utterance target length.
+    forward(..., with_ctc_loss=True) adds a 4th output, the CTC loss (scalar, see
+    `ctc_loss`). The mask must be a prefix mask (real frames first), as the data layer pads.
     """
 
     def __init__(
@@ -246,8 +290,9 @@ class AdaptiveCTCAlignment(nn.Module):
         target = target.clamp(min=self.min_target_length, max=self.max_target_length)
         return torch.where(lengths > 0, target, torch.zeros_like(target))
 
-    def forward(self, values: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        targets = self.target_lengths(mask.sum(dim=1))
+    def forward(self, values: torch.Tensor, mask: torch.Tensor, with_ctc_loss: bool = False):
+        lengths = mask.sum(dim=1)
+        targets = self.target_lengths(lengths)
         out_length = max(int(targets.max()), 1)
         # The position predictor runs in float32 even under autocast: half-precision LSTMs are
         # not supported on every backend (oneDNN on CPU), and alignment is cheap next to attention.
@@ -261,7 +306,44 @@ class AdaptiveCTCAlignment(nn.Module):
         # Drop the blank class and padded input frames.
         position_probs = probabilities[..., 1:] * mask.unsqueeze(-1).to(probabilities.dtype)
         aligned = torch.einsum("btl,btd->bld", position_probs, values)
-        return aligned, aligned_mask, position_probs.transpose(1, 2)
+        if not with_ctc_loss:
+            return aligned, aligned_mask, position_probs.transpose(1, 2)
+        loss = self.ctc_loss(position_logits, allowed_classes, lengths, targets)
+        return aligned, aligned_mask, position_probs.transpose(1, 2), loss
+
+    @staticmethod
+    def ctc_loss(
+        position_logits: torch.Tensor, allowed_classes: torch.Tensor, lengths: torch.Tensor, targets: torch.Tensor
+    ) -> torch.Tensor:
+        """CTC loss of the position predictor against the monotone targets 1..L_b (seed 3.1.4).
+
+        position_logits (B, T, L + 1) float32, class 0 = blank; allowed_classes (B, L + 1) bool;
+        lengths (B,) real input frames; targets (B,) target lengths L_b. Returns the mean over
+        utterances with L_b > 0 of CTC / L_b (0 when there is none); infeasible utterances
+        (L_b > length) contribute 0.
+        """
+        log_probs = torch.log_softmax(
+            position_logits.float().masked_fill(~allowed_classes.unsqueeze(1), torch.finfo(torch.float32).min), dim=-1
+        )
+        has_target = targets > 0
+        if not bool(has_target.any()):
+            return position_logits.sum() * 0.0
+        rows = has_target.nonzero().squeeze(1)
+        target_lengths = targets[rows]
+        # Concatenated targets 1..L_b per utterance (CTCLoss's 1-D target format).
+        positions = torch.arange(1, int(target_lengths.max()) + 1, device=targets.device)
+        flat_targets = positions.expand(len(rows), -1)[positions.unsqueeze(0) <= target_lengths.unsqueeze(1)]
+        with torch.autocast(device_type=position_logits.device.type, enabled=False):
+            per_utterance = F.ctc_loss(
+                log_probs[rows].transpose(0, 1),
+                flat_targets,
+                lengths[rows],
+                target_lengths,
+                blank=0,
+                reduction="none",
+                zero_infinity=True,
+            )
+        return (per_utterance / target_lengths.float()).mean()
 
 
 class TransformerSequenceEncoder(nn.Module):
@@ -351,7 +433,7 @@ class CARATModel(FusionModel):
                 m: AdaptiveCTCAlignment(
                     self.input_dims[m],
                     min(config.ctc_target_length, config.max_positions(m) - 1),
-                    config.ctc_compression_ratio,
+                    config.compression_ratio(m),
                     config.ctc_min_target_length,
                     config.ctc_lstm_layers,
                 )
@@ -386,8 +468,12 @@ class CARATModel(FusionModel):
 
     # ---- per-modality encoding ------------------------------------------------------------
 
-    def encode_modality(self, name: str, item: ModalityInput) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Normalise, bound, align and encode one modality -> tokens (B, L, H), mask (B, L), pooled (B, H)."""
+    def encode_modality(
+        self, name: str, item: ModalityInput, ctc_losses: dict[str, torch.Tensor] | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Normalise, bound, align and encode one modality -> tokens (B, L, H), mask (B, L), pooled (B, H).
+
+        With a dict `ctc_losses` and an aligned modality, its CTC loss is stored under `name`."""
         mask = item.mask.bool()
         values = self.input_norms[name](item.values) * mask.unsqueeze(-1).to(item.values.dtype)
         if values.shape[1] == 0:  # no frames at all in this batch: one padding frame keeps shapes valid
@@ -398,7 +484,10 @@ class CARATModel(FusionModel):
         limit = self.config.max_positions(name) - 1
         values, mask = bound_length(values, mask, limit)
         if name in self.aligners:
-            values, mask, _ = self.aligners[name](values, mask)
+            if ctc_losses is not None:
+                values, mask, _, ctc_losses[name] = self.aligners[name](values, mask, with_ctc_loss=True)
+            else:
+                values, mask, _ = self.aligners[name](values, mask)
             values, mask = bound_length(values, mask, limit)
         tokens, pooled = self.encoders[name](values, mask)
         return tokens, mask, pooled
@@ -416,8 +505,10 @@ class CARATModel(FusionModel):
         batch_size, n_modalities, n_classes = present.shape[0], len(names), self.n_classes
 
         label_representations, attentions = [], {}
+        wants_ctc = self.config.ctc_weight > 0 and batch.labels_multi is not None
+        ctc_losses: dict[str, torch.Tensor] | None = {} if wants_ctc else None
         for index, name in enumerate(names):
-            tokens, token_mask, pooled = self.encode_modality(name, inputs[name])
+            tokens, token_mask, pooled = self.encode_modality(name, inputs[name], ctc_losses)
             keys = torch.cat([pooled.unsqueeze(1), tokens], dim=1)
             key_mask = torch.cat([present[:, index : index + 1], token_mask], dim=1)
             representation, weights = self.label_attention[name](keys, key_mask)
@@ -462,6 +553,8 @@ class CARATModel(FusionModel):
             if self.config.cl_weight:
                 contrastive = self._contrastive_samples(latent, aug, beta, present, targets)
             terms = self._loss_terms(targets, present, lsr, recon, aug, beta, beta_logits, aggregated, contrastive)
+            for name, value in (ctc_losses or {}).items():
+                terms[f"ctc_{name}"] = self.config.ctc_weight * value
             loss = torch.stack(list(terms.values())).sum()
             loss_parts = {name: value.detach() for name, value in terms.items()}
             if self.training:

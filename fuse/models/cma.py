@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from fuse.batch import Batch
@@ -49,7 +50,7 @@ class CMAConfig(ClassifierLossConfig):
     hidden_size: int = 512  # seed 1 Table 1, "Hidden Layer Size"
     dropout: float = 0.185  # seed 1 Table 1
     attention_dropout: float = 0.0
-    output_attentions: bool = True
+    output_attentions: bool = True  # False: no maps, memory-efficient scaled_dot_product_attention
 
     default_training: ClassVar[TrainingDefaults] = SEED1_TRAINING
 
@@ -81,8 +82,17 @@ class QueryKeyValueProjection(nn.Module):
 class CrossModalAttention(nn.Module):
     """softmax(Q K^T / sqrt(d_k)) V with a key padding mask (seed 1 Algorithm 1 steps 14-17).
 
-    Returns the attended features (B, T_query, heads * d_k) and the attention weights
-    (B, heads, T_query, T_key); weight rows of padded queries are zeroed so maps are clean.
+    query (B, heads, T_query, d_k), key / value (B, heads, T_key, d_k), key_mask (B, T_key),
+    query_mask (B, T_query). Returns the attended features (B, T_query, heads * d_k) and the
+    attention weights (B, heads, T_query, T_key), or None for them with `need_weights=False`.
+    Padded queries and queries whose keys are all padding (missing modality) get attended
+    features 0 (and all-zero weight rows).
+
+    Two computations, equal up to float rounding (tested): with `need_weights` the weights are
+    materialised (einsum + masked softmax); without, `torch.nn.functional.scaled_dot_product_attention`
+    is used, which never materialises the (T_query, T_key) matrix on CUDA (flash /
+    memory-efficient kernels) or on CPU (its flash kernel processes query blocks), so memory
+    grows linearly with the sequence lengths; see bench/attention_memory.py.
     """
 
     def __init__(self, dropout: float = 0.0):
@@ -96,14 +106,34 @@ class CrossModalAttention(nn.Module):
         value: torch.Tensor,
         key_mask: torch.Tensor,
         query_mask: torch.Tensor,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+        need_weights: bool = True,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
         head_dim = query.shape[-1]
+        if not need_weights:
+            return self._fused(query, key, value, key_mask.bool(), query_mask.bool()), None
         scores = torch.einsum("bhqd,bhkd->bhqk", query, key) / math.sqrt(head_dim)
         allowed = key_mask[:, None, None, :] & query_mask[:, None, :, None]
         weights = masked_softmax(scores, allowed, dim=-1)
         attended = torch.einsum("bhqk,bhkd->bhqd", self.dropout(weights), value)
         batch, heads, length, _ = attended.shape
         return attended.transpose(1, 2).reshape(batch, length, heads * head_dim), weights
+
+    def _fused(self, query, key, value, key_mask, query_mask) -> torch.Tensor:
+        """scaled_dot_product_attention with a (B, 1, 1, T_key) key mask. A row with no real key
+        would be a softmax over nothing (NaN in SDPA): it attends to every key and is zeroed after."""
+        has_key = key_mask.any(dim=1)  # (B,)
+        safe_key_mask = key_mask | ~has_key.unsqueeze(1)
+        attended = F.scaled_dot_product_attention(
+            query,
+            key,
+            value,
+            attn_mask=safe_key_mask[:, None, None, :],
+            dropout_p=self.dropout.p if self.training else 0.0,
+        )
+        keep = (query_mask & has_key.unsqueeze(1)).to(attended.dtype)  # (B, T_query)
+        attended = attended * keep[:, None, :, None]
+        batch, heads, length, head_dim = attended.shape
+        return attended.transpose(1, 2).reshape(batch, length, heads * head_dim)
 
 
 class CMAModel(FusionModel):
@@ -131,13 +161,16 @@ class CMAModel(FusionModel):
         text_query, text_key, text_value = self.text_projection(text.values)
         audio_query, audio_key, audio_value = self.audio_projection(audio.values)
 
+        # output_attentions materialises the (T_query, T_key) maps; without it the memory-efficient
+        # fused kernel runs (see fuse.models.cma.CrossModalAttention).
+        need_weights = self.config.output_attentions
         # Text tokens query audio frames: the audio each token attends to (A_att, one per token).
         attended_audio, text_to_audio = self.cross_attention(
-            text_query, audio_key, audio_value, key_mask=audio_mask, query_mask=text_mask
+            text_query, audio_key, audio_value, key_mask=audio_mask, query_mask=text_mask, need_weights=need_weights
         )
         # Audio frames query text tokens: the text each frame attends to (T_att, one per frame).
         attended_text, audio_to_text = self.cross_attention(
-            audio_query, text_key, text_value, key_mask=text_mask, query_mask=audio_mask
+            audio_query, text_key, text_value, key_mask=text_mask, query_mask=audio_mask, need_weights=need_weights
         )
         fused = torch.cat(
             [
@@ -149,9 +182,7 @@ class CMAModel(FusionModel):
             dim=-1,
         )
         logits = self.head(fused)
-        attentions = (
-            {"text_to_audio": text_to_audio, "audio_to_text": audio_to_text} if self.config.output_attentions else {}
-        )
+        attentions = {"text_to_audio": text_to_audio, "audio_to_text": audio_to_text} if need_weights else {}
         return self.output_with_loss(
             logits, batch, attentions=attentions, modality_names=self.modality_names, fused=fused
         )
