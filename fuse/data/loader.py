@@ -83,7 +83,9 @@ class FeatureData:
         self.metadata_categorical, self.metadata_numeric = metadata.encode(meta_columns)
         self._memory: dict[str, dict[int, np.ndarray | None]] = {m: {} for m in self.feature_sets}
         self._group_rows = {m: None for m in self.feature_sets}
-        self._sort_length = sum(np.minimum(fs.lengths, spec.max_len[m]) for m, fs in self.feature_sets.items())
+        # Frames kept per modality; None in the spec keeps every frame.
+        self.frame_limit = {m: np.iinfo(np.int64).max if spec.max_len[m] is None else int(spec.max_len[m]) for m in self.feature_sets}
+        self._sort_length = sum(np.minimum(fs.lengths, self.frame_limit[m]) for m, fs in self.feature_sets.items())
         self.block_rows = rows_per_block(spec, self.feature_sets)
         self._blocks = list(primary_feature_set(self.feature_sets).iter_blocks(self.block_rows))
         self.context_index = None
@@ -115,8 +117,8 @@ class FeatureData:
         unknown = sorted(set(max_len or {}) - set(MODALITIES))
         if unknown:
             raise DataError(f"max_len: unknown modality {unknown[0]!r} (use text, audio or video)")
-        if any(int(v) < 1 for v in (max_len or {}).values()):
-            raise DataError(f"max_len: lengths must be >= 1, got {max_len}")
+        if any(v is not None and int(v) < 1 for v in (max_len or {}).values()):
+            raise DataError(f"max_len: lengths must be >= 1 (or None: every frame), got {max_len}")
         lengths = {**DEFAULT_MAX_LEN, **(max_len or {})}
         if metadata is None:
             metadata = default_metadata_columns(table_columns)
@@ -128,7 +130,7 @@ class FeatureData:
             feature_sets=feature_sets,
             task=task,
             class_names=list(label_names if task == "single_label" else multi_names),
-            max_len={m: int(lengths[m]) for m in feature_sets},
+            max_len={m: None if lengths[m] is None else int(lengths[m]) for m in feature_sets},
             normalisation=normalisation,
             metadata=list(metadata),
             context_turns=int(context_turns),
@@ -239,9 +241,10 @@ class FeatureData:
             pools.append(Pool(group, utts))
         return pools, rng
 
-    def n_batches(self, indices: np.ndarray, batch_size: int, shuffle: bool = False, seed: int = 0, epoch: int = 0) -> int:
+    def n_batches(self, indices: np.ndarray, batch_size: int, shuffle: bool = False, seed: int = 0, epoch: int = 0, drop_last: bool = False) -> int:
         pools, _ = self.plan(indices, shuffle, seed, epoch)
-        return sum(math.ceil(len(p.utterances) / batch_size) for p in pools)
+        count = (lambda n: n // batch_size) if drop_last else (lambda n: math.ceil(n / batch_size))
+        return sum(count(len(p.utterances)) for p in pools)
 
     def batches(
         self,
@@ -253,16 +256,20 @@ class FeatureData:
         epoch: int = 0,
         bucket: bool | None = None,
         with_labels: bool = True,
+        drop_last: bool = False,
     ) -> Iterator[Batch]:
         """Batches over `indices`: each utterance exactly once. See the module docstring.
 
         shuffle=False walks blocks and utterances in cache order; `bucket` (default: same as
-        shuffle) sorts each pool by length before cutting it into batches.
+        shuffle) sorts each pool by length before cutting it into batches. `drop_last` leaves
+        out each pool's remainder (len % batch_size utterances, drawn from the shuffled order
+        before bucketing, so the dropped ones are random, not the longest), as a DataLoader's
+        drop_last does for one pool.
         """
         bucket = shuffle if bucket is None else bucket
         pools, rng = self.plan(indices, shuffle, seed, epoch)
         # Random draws happen here, in a fixed order, so prefetching cannot change them.
-        orders = [self._pool_order(p, batch_size, rng, bucket) for p in pools]
+        orders = [self._pool_order(p, batch_size, rng, bucket, drop_last) for p in pools]
         if not self.prefetch or len(pools) < 2:
             for pool, order in zip(pools, orders):
                 yield from self._pool_batches(self._read_pool(pool), order, with_labels)
@@ -278,10 +285,12 @@ class FeatureData:
                 yield from self._pool_batches(arrays, orders[k], with_labels)
                 del arrays
 
-    def _pool_order(self, pool: Pool, batch_size: int, rng, bucket: bool) -> list[np.ndarray]:
+    def _pool_order(self, pool: Pool, batch_size: int, rng, bucket: bool, drop_last: bool = False) -> list[np.ndarray]:
         utts = pool.utterances
         if rng is not None:
             utts = utts[rng.permutation(len(utts))]
+        if drop_last:
+            utts = utts[: len(utts) - len(utts) % batch_size]
         if bucket:
             utts = utts[np.argsort(self._sort_length[utts], kind="stable")]
         batches = [utts[i : i + batch_size] for i in range(0, len(utts), batch_size)]
@@ -321,7 +330,7 @@ class FeatureData:
             return result
         first, last = int(present_rows[0]), int(present_rows[-1]) + 1
         values, offsets = fs.block(first, last)
-        cap = self.spec.max_len[modality]
+        cap = self.frame_limit[modality]
         group_rows = self._group_rows[modality]
         for u in present_rows:
             lo = int(offsets[u - first])
@@ -396,7 +405,7 @@ class FeatureData:
             "normalisation_note": self.normalisation_note,
             "metadata": list(self.spec.metadata),
             "max_len": dict(self.spec.max_len),
-            "truncated_utterances": {m: int((fs.lengths > self.spec.max_len[m]).sum()) for m, fs in self.feature_sets.items()},
+            "truncated_utterances": {m: int((fs.lengths > self.frame_limit[m]).sum()) for m, fs in self.feature_sets.items()},
             "missing": {m: int((~fs.present).sum()) for m, fs in self.feature_sets.items()},
             "context_turns": self.spec.context_turns,
             "context_future_turns": self.spec.n_future_turns,
