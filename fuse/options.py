@@ -24,7 +24,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 from pathlib import Path
-from typing import Any, Literal, Mapping
+from typing import Annotated, Any, Literal, Mapping
 
 from pydantic import ConfigDict, Field, TypeAdapter, ValidationError
 from pydantic.dataclasses import dataclass
@@ -66,6 +66,16 @@ class LearningOptions:
     grad_clip: float | None = Field(None, ge=0, description="Max gradient norm, 0 = off [model default].")
     patience: int | None = Field(None, ge=1, description="Early-stopping patience in epochs [model default].")
     amp: bool | None = Field(None, description="Mixed precision on CUDA [model default].")
+    scheduler: Literal["linear", "bert_adam", "constant"] | None = Field(
+        None, description="linear: warmup then linear decay; bert_adam: warmup then 1/sqrt (seed 2) [model default]."
+    )
+    adam_betas: tuple[float, float] | None = Field(None, description="AdamW betas, e.g. 0.9,0.98 [model default].")
+    adam_eps: float | None = Field(None, gt=0, description="AdamW epsilon [model default].")
+    exclude_norm_and_bias: bool | None = Field(None, description="No weight decay on biases and normalisation layers [model default].")
+    coef_lr: float | None = Field(None, gt=0, description="Learning-rate factor of the coef_lr_group parameters (seed 2: 0.1) [model default].")
+    coef_lr_group: list[str] | None = Field(None, description="Comma-separated parameter-name prefixes trained at lr * coef_lr [model default].")
+    lr_decay_per_epoch: float | None = Field(None, gt=0, le=1, description="Multiply the learning rate by this after every epoch, 1 = off [model default].")
+    drop_last: bool | None = Field(None, description="Drop each pool's incomplete training batch (seed 1 Table 3) [model default].")
     seed: int = Field(0, description="Seed of initialisation and batch order.")
     deterministic: bool = Field(True, description="Deterministic algorithms (same numbers on every run).")
     metric: str | None = Field(None, description="Validation metric for early stopping [weighted_f1 / micro_f1].")
@@ -86,8 +96,10 @@ class DataOptions:
         "auto", description="auto: speaker when every training speaker has >= 20 training utterances, else global."
     )
     metadata: list[str] | None = Field(None, description="Comma-separated metadata columns, or 'none' [speaker when present].")
-    max_len: dict[Literal["text", "audio", "video"], int] = Field(
-        default_factory=dict, description="Frames kept per modality, e.g. audio=2000,video=500.", json_schema_extra={"cli": "--max-len"}
+    max_len: dict[Literal["text", "audio", "video"], Annotated[int, Field(ge=1)] | None] = Field(
+        default_factory=dict,
+        description="Frames kept per modality, e.g. audio=2000,video=500; null keeps every frame [model default, else text 512, audio/video 1500].",
+        json_schema_extra={"cli": "--max-len"},
     )
     context_turns: int | None = Field(None, ge=0, description="Preceding dialogue turns in Batch.context [10 for context models, else 0].")
 
@@ -97,6 +109,8 @@ class LoadingOptions:
     """How the data is read: streaming blocks (they fix the batch order) and an in-memory copy."""
 
     in_memory: bool = Field(False, description="Keep prepared features in memory after the first epoch.")
+    num_workers: int | None = Field(None, ge=0, description="0: read in line; > 0: read the next pool in a background thread [when a core is free].")
+    pin_memory: bool | None = Field(None, description="Pin batches in page-locked memory for non-blocking copies [on CUDA].")
     block_mb: float = Field(DEFAULT_BLOCK_MB, ge=0.01, description="Streaming block size in MB.")
     pool_blocks: int = Field(DEFAULT_POOL_BLOCKS, ge=1, description="Blocks shuffled together.")
     block_rows: int | None = Field(None, ge=1, description="Frames per block (overrides --block-mb).", json_schema_extra={"hidden": True})
@@ -119,10 +133,15 @@ class TrainOptions(LoadingOptions, DataOptions, LearningOptions, RunPlace):
 
 GROUPS = (RunPlace, LearningOptions, DataOptions, LoadingOptions)
 # Options that never change a run's numbers: left out of a sweep run's identity.
-RESULT_NEUTRAL = (*(f.name for f in dataclasses.fields(RunPlace)), "in_memory")
+RESULT_NEUTRAL = (*(f.name for f in dataclasses.fields(RunPlace)), "in_memory", "num_workers", "pin_memory")
 # Options a resumed run may change (everything else comes from its checkpoint).
 RESUME_OVERRIDES = ("out", "model", "device", "progress", "tensorboard")
-NESTED = ("model_config", "max_len")  # options whose keys a sweep may set one by one (model_config.dropout)
+NESTED = ("model_config", "max_len")
+# Options whose None means "the model's default_training value" (resolve_options fills them).
+MODEL_DEFAULTED = (
+    "epochs", "batch_size", "lr", "weight_decay", "warmup_ratio", "grad_clip", "patience", "amp", "scheduler",
+    "adam_betas", "adam_eps", "exclude_norm_and_bias", "coef_lr", "coef_lr_group", "drop_last",
+)  # fmt: skip  # options whose keys a sweep may set one by one (model_config.dropout)
 
 
 def field_names(group: type = TrainOptions) -> tuple[str, ...]:
@@ -212,9 +231,12 @@ def resolve_options(options: TrainOptions) -> TrainOptions:
     config_class = MODELS[options.model][0]
     defaults = config_class.default_training
     changes: dict[str, Any] = {}
-    for name in ("epochs", "batch_size", "lr", "weight_decay", "warmup_ratio", "grad_clip", "patience", "amp"):
+    for name in MODEL_DEFAULTED:
         if getattr(options, name) is None:
-            changes[name] = getattr(defaults, name)
+            changes[name] = _plain(getattr(defaults, name))
+    if options.lr_decay_per_epoch is None:
+        changes["lr_decay_per_epoch"] = defaults.lr_decay_per_epoch or 1.0
+    changes["max_len"] = {**defaults.max_len, **options.max_len}
     if options.threshold is None:
         changes["threshold"] = defaults.threshold if defaults.threshold is not None else 0.5
     if options.out is None:

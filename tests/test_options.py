@@ -79,7 +79,7 @@ def test_values_are_validated_and_coerced_once():
 def test_groups_partition_the_options_and_neutral_options_are_run_placement():
     names = [n for group in O.GROUPS for n in O.field_names(group)]
     assert sorted(names) == sorted(O.field_names()) and len(names) == len(set(names))
-    assert set(O.RESULT_NEUTRAL) == set(O.field_names(O.RunPlace)) | {"in_memory"}
+    assert set(O.RESULT_NEUTRAL) == set(O.field_names(O.RunPlace)) | {"in_memory", "num_workers", "pin_memory"}
     data = TrainOptions(text="text.x").group(O.DataOptions)
     assert data["text"] == "text.x" and "lr" not in data
 
@@ -182,3 +182,33 @@ def test_a_sweep_run_is_the_recipe_given_shared_data(trained, tmp_path):
     with pytest.raises(TrainingError, match="already holds a run"):
         train(options, data=shared, echo=lambda *_: None)
     assert dataclasses.is_dataclass(options)
+
+
+# --------------------------------------------------------------------------- seed-fidelity options
+
+
+def test_model_defaults_fill_the_optimiser_schedule_and_length_options():
+    carat = O.resolve_options(O.parse_options({"model": "carat", "cache": "x.zarr"}))
+    assert (carat.scheduler, carat.coef_lr, carat.coef_lr_group, carat.exclude_norm_and_bias) == ("bert_adam", 0.1, ["encoders."], True)
+    assert carat.max_len == {"text": None, "audio": None, "video": None} and carat.lr_decay_per_epoch == 0.98
+    late = O.resolve_options(O.parse_options({"model": "late", "cache": "x.zarr", "max_len": {"audio": 7}, "scheduler": "constant"}))
+    assert late.scheduler == "constant" and late.max_len == {"audio": 7} and late.lr_decay_per_epoch == 1.0
+    params = {p.name: p for p in train_command.params}
+    assert list(params["scheduler"].type.choices) == ["linear", "bert_adam", "constant"]
+
+
+def test_drop_last_and_unlimited_lengths_in_the_loader(tmp_path):
+    from cache_schema import open_cache
+    from fuse.data import FeatureData
+
+    cache = open_cache(make_synthetic_cache(tmp_path / "c.zarr", n_dialogues=10, turns=5))
+    data = FeatureData.for_training(cache, {}, metadata=[], max_len={"audio": None, "text": 4})
+    rows = data.indices("train")
+    sizes = [b.size for b in data.batches(rows, 8, shuffle=True, seed=1, drop_last=True)]
+    assert set(sizes) == {8} and len(sizes) == data.n_batches(rows, 8, True, 1, drop_last=True) == len(rows) // 8
+    assert sum(b.size for b in data.batches(rows, 8, shuffle=True, seed=1)) == len(rows)
+    audio = cache["audio.synthetic"]
+    batch = data.batch_for_rows(rows[:4])
+    assert batch.modalities["audio"].lengths.tolist() == [int(audio.lengths[r]) for r in rows[:4]], "None keeps every frame"
+    assert int(batch.modalities["text"].lengths.max()) <= 4
+    assert data.summary()["truncated_utterances"]["audio"] == 0

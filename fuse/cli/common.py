@@ -55,6 +55,11 @@ def _click_type(annotation: Any, metadata: list) -> Any:
     return click.STRING
 
 
+def _is_sequence(annotation: Any) -> bool:
+    """list[...] or tuple[...] options, written on the command line comma-separated."""
+    return "list[" in str(annotation) or "tuple[" in str(annotation)
+
+
 def _is_bool(annotation: Any) -> bool:
     return annotation is bool or set(typing.get_args(annotation)) == {bool, type(None)}
 
@@ -81,7 +86,7 @@ def options_from_schema(group: type):
             elif origin is dict:
                 option = click.option(extra.get("cli", flag_name(name)), name, multiple=True, help=help_text, hidden=hidden)
             else:
-                kind = click.STRING if origin is list or "list" in str(info.annotation) else _click_type(info.annotation, info.metadata)
+                kind = click.STRING if _is_sequence(info.annotation) else _click_type(info.annotation, info.metadata)
                 option = click.option(flag_name(name), name, type=kind, default=None, help=help_text, hidden=hidden)
             command = option(command)
         return command
@@ -115,7 +120,7 @@ def given_options(group: type, params: dict[str, Any]) -> dict[str, Any]:
             continue
         if typing.get_origin(info.annotation) is dict:
             value = parse_pairs(value, (info.json_schema_extra or {}).get("cli", flag_name(name)))
-        elif "list" in str(info.annotation):
+        elif _is_sequence(info.annotation):
             value = [] if value.strip().lower() == "none" else [v.strip() for v in value.split(",") if v.strip()]
         given[name] = value
     return given

@@ -288,7 +288,6 @@ def accumulate(fs, utterances, group_of_utterance, n_groups, max_len, block_rows
     wanted[np.asarray(utterances, dtype=np.int64)] = True
     wanted &= fs.present
     stats = GroupStats(n_groups, fs.dim)
-    offsets = fs.offsets
     for start, stop in fs.iter_blocks(block_rows):
         local = np.nonzero(wanted[start:stop])[0]
         if len(local) == 0:

@@ -62,7 +62,7 @@ class TrainingDefaults:
     of the warmup schedule (None: no decay). `threshold` is the multi-label decision
     threshold on sigmoid scores (None: single-label models, argmax).
 
-    Optimiser and schedule (arguments of `fuse.optim.build_optimizer` / `build_scheduler`; the
+    Optimiser and schedule (arguments of `fuse.training.optim.build_optimizer` / `build_scheduler`; the
     optimiser is always AdamW): `scheduler` is "linear" (transformers' linear warmup/decay),
     "bert_adam" (warmup then inverse square root, seed 2 3.5.1) or "constant";
     `exclude_norm_and_bias` turns off weight decay for biases and normalisation parameters;

@@ -1,6 +1,6 @@
 """Optimiser and learning-rate schedule builders for the training loop.
 
-    from fuse.optim import build_optimizer, build_scheduler
+    from fuse.training.optim import build_optimizer, build_scheduler
     optimizer = build_optimizer(model, lr=3e-5, weight_decay=0.01, betas=(0.9, 0.999), eps=1e-6,
                                 exclude_norm_and_bias=True, coef_lr=0.1, coef_lr_group=("encoders.",))
     scheduler = build_scheduler(optimizer, "bert_adam", warmup_ratio=0.2, total_steps=n_steps)

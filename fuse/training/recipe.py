@@ -12,10 +12,12 @@ batches depend only on (seed, epoch), so a shared one gives the batches a fresh 
 Choices:
 * Hyperparameters default to the model's `default_training` (its seed's values); a YAML
   `--config` file overrides them and CLI flags override the file (`fuse.options`).
-* AdamW over all parameters, the transformers linear warmup/decay schedule
-  (`get_linear_schedule_with_warmup`) over the exact number of optimiser steps of the run.
-  Models with `lr_decay_per_epoch` (CARAT's 0.98) also multiply the schedule's base learning
-  rate by that factor after every epoch, as CARAT's BertAdam code does.
+* AdamW (`fuse.training.optim.build_optimizer`: optionally no weight decay on biases and
+  norms, and `coef_lr` for a parameter group) and a per-step schedule (`build_scheduler`:
+  `linear` warmup/decay as transformers', or seed 2's `bert_adam`) over the exact number of
+  optimiser steps of the run; all from the model's `default_training` unless set. Models with
+  `lr_decay_per_epoch` (CARAT's 0.98) also multiply the schedule's base learning rate by that
+  factor after every epoch, as CARAT's BertAdam code does.
 * Gradient clipping (model default 1.0); AMP on CUDA only (bfloat16 where supported, else
   float16 with a GradScaler).
 * Non-finite loss (or gradient norm): the step is skipped before anything reaches the
@@ -51,7 +53,8 @@ from fuse.runs.lock import RunLock
 from fuse.runs.inference import Predictions, data_for_checkpoint, infer
 from fuse.runs.provenance import provenance
 from fuse.training.errors import TrainingDiverged, TrainingError
-from fuse.training.inputs import build_training_data, model_classes
+from fuse.training.inputs import build_training_data
+from fuse.training.optim import build_optimizer, build_scheduler
 from fuse.training.report import save_attention_example, save_plots
 
 
@@ -149,7 +152,9 @@ class TrainingRecipe:
                 "metadata_encoding": self.data.metadata.state(),
                 "provenance": provenance(self.data.cache, self.data.spec.feature_sets),
             }
-        self.data.prefetch = self.data.prefetch or self.device.type == "cuda"
+        workers = self.options.num_workers
+        self.data.prefetch = (self.data.prefetch or self.device.type == "cuda") if workers is None else workers > 0
+        self.pin_memory = self.device.type == "cuda" if self.options.pin_memory is None else bool(self.options.pin_memory and torch.cuda.is_available())
         self.task, self.class_names = self.data.spec.task, self.data.spec.class_names
         self.metric = self.options.metric or M.DEFAULT_METRIC[self.task]
         if self.metric not in M.headline(self.task):
@@ -179,16 +184,18 @@ class TrainingRecipe:
         self.model.to(self.device)
 
     def _setup_optimizer(self) -> None:
-        from transformers import get_linear_schedule_with_warmup
-
-        options, defaults = self.options, model_classes(self.options.model)[0].default_training
-        self.lr_decay_per_epoch = defaults.lr_decay_per_epoch
-        self.optimizer = torch.optim.AdamW(
-            self.model.parameters(), lr=options.lr, weight_decay=options.weight_decay, betas=tuple(defaults.adam_betas), eps=defaults.adam_eps
-        )
-        self.steps_per_epoch = [self.data.n_batches(self.rows["train"], options.batch_size, True, options.seed, e) for e in range(options.epochs)]
-        total = sum(self.steps_per_epoch)
-        self.scheduler = get_linear_schedule_with_warmup(self.optimizer, int(round(options.warmup_ratio * total)), max(1, total))
+        options = self.options
+        try:
+            self.optimizer = build_optimizer(
+                self.model, options.lr, options.weight_decay, options.adam_betas, options.adam_eps,
+                exclude_norm_and_bias=options.exclude_norm_and_bias, coef_lr=options.coef_lr, coef_lr_group=options.coef_lr_group,
+            )  # fmt: skip
+        except ValueError as exc:
+            raise TrainingError(f"optimiser: {exc}") from None
+        self.steps_per_epoch = [
+            self.data.n_batches(self.rows["train"], options.batch_size, True, options.seed, e, drop_last=options.drop_last) for e in range(options.epochs)
+        ]
+        self.scheduler = build_scheduler(self.optimizer, options.scheduler, options.warmup_ratio, sum(self.steps_per_epoch))
         self.autocast, self.scaler = autocast_for(self.device, options.amp)
 
     def _restore(self, state: C.Checkpoint) -> None:
@@ -212,8 +219,8 @@ class TrainingRecipe:
             started = time.time()
             losses, parts, skipped = self.train_epoch(epoch)
             train_seconds = time.time() - started
-            if self.lr_decay_per_epoch:
-                self.scheduler.base_lrs = [lr * self.lr_decay_per_epoch for lr in self.scheduler.base_lrs]
+            if options.lr_decay_per_epoch != 1.0:  # CARAT's BertAdam code: x0.98 after every epoch
+                self.scheduler.base_lrs = [lr * options.lr_decay_per_epoch for lr in self.scheduler.base_lrs]
             self.skipped_total += skipped
             dev_metrics, dev_pred = self.evaluate("dev")
             value = dev_metrics[self.metric]
@@ -254,10 +261,10 @@ class TrainingRecipe:
         options, model = self.options, self.model
         model.train()
         losses, parts, skipped, bad_in_a_row = [], {}, 0, 0
-        batches = self.data.batches(self.rows["train"], options.batch_size, shuffle=True, seed=options.seed, epoch=epoch)
+        batches = self.data.batches(self.rows["train"], options.batch_size, shuffle=True, seed=options.seed, epoch=epoch, drop_last=options.drop_last)
         bar = tqdm(batches, total=self.steps_per_epoch[epoch], desc=f"epoch {epoch + 1}/{options.epochs}", disable=None if options.progress else True, leave=False)
         for step, batch in enumerate(bar):
-            batch = batch.to(self.device, non_blocking=True)
+            batch = (batch.pin_memory() if self.pin_memory else batch).to(self.device, non_blocking=True)
             with self.autocast():
                 output = model(batch)
             if output.loss is None:
