@@ -49,6 +49,9 @@ class RunPlace:
     device: str = Field("auto", description="auto, cpu, cuda, cuda:1 ...")
     progress: bool = Field(True, description="Progress bars.")
     tensorboard: bool = Field(True, description="Write TensorBoard events when tensorboard is installed.")
+    allow_changed_features: bool = Field(
+        False, description="With --resume: continue although the cache's feature sets changed since training (recorded in the run)."
+    )
     overwrite: bool = Field(False, description="Replace what --out holds (a finished run, or other files) instead of refusing.")
 
 
@@ -135,7 +138,7 @@ GROUPS = (RunPlace, LearningOptions, DataOptions, LoadingOptions)
 # Options that never change a run's numbers: left out of a sweep run's identity.
 RESULT_NEUTRAL = (*(f.name for f in dataclasses.fields(RunPlace)), "in_memory", "num_workers", "pin_memory")
 # Options a resumed run may change (everything else comes from its checkpoint).
-RESUME_OVERRIDES = ("out", "model", "device", "progress", "tensorboard")
+RESUME_OVERRIDES = ("out", "model", "device", "progress", "tensorboard", "allow_changed_features")
 NESTED = ("model_config", "max_len")
 # Options whose None means "the model's default_training value" (resolve_options fills them).
 MODEL_DEFAULTED = (

@@ -35,7 +35,7 @@ def cache_path(tmp_path_factory):
 
 
 def _options(cache, out, **kw):
-    return TrainOptions(cache=str(cache), out=str(out), model="late", epochs=1, batch_size=8, lr=3e-3, **QUIET, **kw)
+    return TrainOptions(**{"cache": str(cache), "out": str(out), "model": "late", "epochs": 1, "batch_size": 8, "lr": 3e-3, **QUIET, **kw})
 
 
 def _train(cache, out, **kw):
@@ -193,3 +193,69 @@ def test_a_killed_sweep_takes_its_workers_with_it(cache_path, tmp_path):
         time.sleep(0.5)
     alive = [pid for pid in children if Path(f"/proc/{pid}").exists() and Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"]
     assert not alive, f"workers {alive} outlived their sweep"
+
+
+def _stamp(cache_dir: Path, name: str, params: dict) -> None:
+    """Give a feature set the fingerprint attributes extraction writes (cache schema 1.1)."""
+    import zarr
+
+    from cache_schema import compute_fingerprint
+
+    group = zarr.open_group(str(cache_dir / "features" / name), mode="a")
+    group.attrs.update({"fingerprint": compute_fingerprint(params), "fingerprint_params": params})
+
+
+def test_changed_features_are_refused_naming_the_parameter_unless_allowed(tmp_path):
+    cache = make_synthetic_cache(tmp_path / "c.zarr", n_dialogues=8, turns=5)
+    params = {"kind": "hf-text", "encoder": {"layers": [-1], "max_length": 512}, "utterances": {"count": 40, "sha256": "a" * 64}}
+    _stamp(cache, "text.synthetic", params)
+    run = tmp_path / "run"
+    _train(cache, run, epochs=2)
+    _stamp(cache, "text.synthetic", {**params, "encoder": {"layers": [-2], "max_length": 512}})  # re-extracted with another layer
+
+    result = CliRunner().invoke(main, ["evaluate", "--run", str(run), "--split", "test"])
+    assert result.exit_code == 2 and result.output.count("\n") == 1
+    assert "feature set 'text.synthetic' differs" in result.output and "encoder.layers: [-1] -> [-2]" in result.output
+    assert "--allow-changed-features" in result.output
+    before = (run / "metrics.json").read_text()
+    result = CliRunner().invoke(main, ["evaluate", "--run", str(run), "--split", "test", "--allow-changed-features"])
+    assert result.exit_code == 0, result.output
+    assert json.loads((run / "metrics.json").read_text())["splits"]["test"]["accepted_feature_changes"] == ["text.synthetic: encoder.layers: [-1] -> [-2]"]
+    assert before != (run / "metrics.json").read_text()
+    for command in (["predict", "--run", str(run), "--out", str(tmp_path / "p.csv")], ["explain", "--run", str(run), "--utterance", "x"]):
+        refused = CliRunner().invoke(main, command)
+        assert refused.exit_code == 2 and "encoder.layers: [-1] -> [-2]" in refused.output, command
+
+
+def test_resume_refuses_changed_features_and_records_an_allowed_change(tmp_path):
+    cache = make_synthetic_cache(tmp_path / "c.zarr", n_dialogues=8, turns=5)
+    params = {"kind": "opensmile", "encoder": {"feature_set": "eGeMAPSv02"}, "utterances": {"count": 40, "sha256": "b" * 64}}
+    _stamp(cache, "audio.synthetic", params)
+    run = tmp_path / "run"
+
+    def stop(epoch, row):
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(_options(cache, run, epochs=3), on_epoch_end=stop, echo=lambda *_: None)
+    _stamp(cache, "audio.synthetic", {**params, "utterances": {"count": 40, "sha256": "c" * 64}})  # a clip changed in place
+    with pytest.raises(runs.ProvenanceMismatch, match="utterances.sha256"):
+        train(TrainOptions(out=str(run), **QUIET), resume=True, echo=lambda *_: None)
+    result = train(TrainOptions(out=str(run), allow_changed_features=True, **QUIET), resume=True, echo=lambda *_: None)
+    assert len(result.history) == 3
+    record = json.loads((run / "data.json").read_text())
+    assert record["accepted_feature_changes"] == [f"audio.synthetic: utterances.sha256: {'b' * 64} -> {'c' * 64}"]
+
+
+def test_another_cache_extracted_the_same_way_is_accepted(tmp_path):
+    """Other utterances are expected on another cache; the extraction settings must match."""
+    import shutil
+
+    cache = make_synthetic_cache(tmp_path / "c.zarr", n_dialogues=8, turns=5)
+    params = {"kind": "hf-text", "encoder": {"layers": [-1]}, "utterances": {"count": 40, "sha256": "d" * 64}}
+    _stamp(cache, "text.synthetic", params)
+    run = tmp_path / "run"
+    _train(cache, run)
+    other = shutil.copytree(cache, tmp_path / "other.zarr")
+    _stamp(other, "text.synthetic", {**params, "utterances": {"count": 40, "sha256": "e" * 64}})
+    assert runs.load_run(run, other).data.accepted_feature_changes == []

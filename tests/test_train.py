@@ -118,7 +118,7 @@ def test_provenance_mismatch_is_refused(cache_path, tmp_path):
     shutil.copytree(cache_path, other)
     group = zarr.open_group(str(other / "features" / "audio.synthetic"), mode="a")
     group.attrs["weights_sha256"] = "0" * 64
-    with pytest.raises(runs.ProvenanceMismatch, match=r"feature set 'audio.synthetic' .*weights_sha256 is '0000"):
+    with pytest.raises(runs.ProvenanceMismatch, match=r"feature set 'audio.synthetic' differs .*weights_sha256: .* -> '0000"):
         runs.load_run(tmp_path / "run", other)
     loaded = runs.load_run(tmp_path / "run")  # its own cache is fine
     assert loaded.checkpoint.model["name"] == "late"

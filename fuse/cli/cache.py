@@ -53,7 +53,7 @@ def info_command(path: str) -> None:
     except CacheError as exc:
         _fail(exc)
     click.echo(f"cache: {path}")
-    click.echo(f"schema v{c.schema_version}, written by emofuse {c.attrs.get('producer_version')}, updated {c.attrs.get('updated')}")
+    click.echo(f"schema v{c.schema_version}.{c.schema_minor}, written by emofuse {c.attrs.get('producer_version')}, updated {c.attrs.get('updated')}")
     names, counts = np.unique(split.astype(str), return_counts=True)
     click.echo(f"utterances: {c.n_utterances} (" + ", ".join(f"{s or '-'}: {k}" for s, k in zip(names, counts)) + ")")
     if labels:
@@ -73,9 +73,10 @@ def info_command(path: str) -> None:
                 str(int(fs.attrs.get("n_failures", 0))),
                 _human(size),
                 str(files),
+                fs.fingerprint[len("sha256:") : len("sha256:") + 12] if fs.fingerprint else "unknown",
             )
         )
-    header = ("feature set", "dim", "dtype", "mean len", "max len", "coverage", "failures", "on disk", "files")
+    header = ("feature set", "dim", "dtype", "mean len", "max len", "coverage", "failures", "on disk", "files", "fingerprint")
     if not rows:
         click.echo("feature sets: none")
         return

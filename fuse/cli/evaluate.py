@@ -30,9 +30,10 @@ def metrics_file_for(cache) -> str:
 @click.option("--cache", type=click.Path(), help="Cache to evaluate on [the run's cache].")
 @click.option("--threshold", type=click.FloatRange(0, 1), help="Multi-label threshold [the run's].")
 @click.option("--batch-size", type=click.IntRange(min=1), help="[the run's]")
+@click.option("--allow-changed-features", is_flag=True, help="Use the cache although its feature sets changed since training (recorded).")
 @click.option("--device", default="auto", show_default=True)
 @click.option("--out", type=click.Path(dir_okay=False), help="Write the metrics here instead.")
-def evaluate(run_dir, split, cache, threshold, batch_size, device, out) -> None:
+def evaluate(run_dir, split, cache, threshold, batch_size, device, out, allow_changed_features) -> None:
     """Evaluate a trained run on a split of its cache (or of another cache)."""
     from cache_schema import CacheError
     from fuse import metrics as M
@@ -42,7 +43,7 @@ def evaluate(run_dir, split, cache, threshold, batch_size, device, out) -> None:
     from fuse.device import pick_device
 
     try:
-        loaded = runs.load_run(run_dir, cache, device=str(pick_device(device)))
+        loaded = runs.load_run(run_dir, cache, device=str(pick_device(device)), allow_changed_features=allow_changed_features)
         data = loaded.data
         rows = data.indices(canonical_split(split))
         if len(rows) == 0:
@@ -54,6 +55,9 @@ def evaluate(run_dir, split, cache, threshold, batch_size, device, out) -> None:
     except (runs.RunError, DataError, CacheError, ValueError) as exc:
         fail(str(exc))
     split = canonical_split(split)
+    if data.accepted_feature_changes:  # --allow-changed-features: say so and keep it with the scores
+        click.echo("warning: changed features used: " + "; ".join(data.accepted_feature_changes), err=True)
+        result = {**result, "accepted_feature_changes": data.accepted_feature_changes}
     own_cache = cache is None or Path(cache).resolve() == Path(loaded.options["cache"]).resolve()
     if out:
         target = Path(out)

@@ -23,8 +23,9 @@ from fuse.cli.common import fail, refuse_run_file
 @click.option("--split", default="all", show_default=True, help="all, train, dev or test.")
 @click.option("--threshold", type=click.FloatRange(0, 1), help="Multi-label threshold [the run's].")
 @click.option("--batch-size", type=click.IntRange(min=1), help="[the run's]")
+@click.option("--allow-changed-features", is_flag=True, help="Use the cache although its feature sets changed since training (recorded).")
 @click.option("--device", default="auto", show_default=True)
-def predict(run_dir, cache, out, split, threshold, batch_size, device) -> None:
+def predict(run_dir, cache, out, split, threshold, batch_size, device, allow_changed_features) -> None:
     """Write per-utterance predictions of a trained run to a CSV file."""
     from cache_schema import CacheError
     from fuse import runs
@@ -33,7 +34,7 @@ def predict(run_dir, cache, out, split, threshold, batch_size, device) -> None:
 
     refuse_run_file(Path(out))
     try:
-        loaded = runs.load_run(run_dir, cache, device=str(pick_device(device)))
+        loaded = runs.load_run(run_dir, cache, device=str(pick_device(device)), allow_changed_features=allow_changed_features)
         data = loaded.data
         if split == "all":
             rows = np.arange(data.n)
@@ -45,6 +46,8 @@ def predict(run_dir, cache, out, split, threshold, batch_size, device) -> None:
         )
     except (runs.RunError, DataError, CacheError, ValueError) as exc:
         fail(str(exc))
+    if loaded.data.accepted_feature_changes:
+        click.echo("warning: changed features used: " + "; ".join(loaded.data.accepted_feature_changes), err=True)
     names = data.spec.class_names
     threshold = threshold if threshold is not None else loaded.threshold
     ids, splits = data.columns["id"], data.columns["split"]

@@ -65,14 +65,18 @@ def build_from_checkpoint(checkpoint: Checkpoint, device):
     return model.to(device).eval()
 
 
-def data_for_checkpoint(checkpoint: Checkpoint, cache, in_memory: bool = False):
-    """The checkpoint's data view on `cache` (its statistics, not the cache's); provenance checked."""
+def data_for_checkpoint(checkpoint: Checkpoint, cache, in_memory: bool = False, allow_changed: bool = False):
+    """The checkpoint's data view on `cache` (its statistics, not the cache's); provenance checked.
+
+    With `allow_changed`, feature sets that differ from the run's are accepted and the
+    differences kept in `data.accepted_feature_changes`.
+    """
     from fuse.data import DataError, DataSpec, FeatureData, MetadataEncoding, Normaliser
 
     record = checkpoint.data
-    check_provenance(record["provenance"], cache)
+    accepted = check_provenance(record["provenance"], cache, allow_changed)
     try:
-        return FeatureData.for_run(
+        data = FeatureData.for_run(
             cache,
             DataSpec.from_dict(record["spec"]),
             Normaliser.from_payload(checkpoint.normaliser),
@@ -81,6 +85,8 @@ def data_for_checkpoint(checkpoint: Checkpoint, cache, in_memory: bool = False):
         )
     except DataError as exc:
         raise RunError(str(exc)) from None
+    data.accepted_feature_changes = accepted
+    return data
 
 
 @dataclass
@@ -102,10 +108,13 @@ class LoadedRun:
         return self.checkpoint.threshold
 
 
-def load_run(run_dir: str | Path, cache_path: str | Path | None = None, device: str = "cpu", in_memory: bool = False) -> LoadedRun:
+def load_run(
+    run_dir: str | Path, cache_path: str | Path | None = None, device: str = "cpu", in_memory: bool = False, allow_changed_features: bool = False
+) -> LoadedRun:
     """Rebuild a run's best model and its data view on `cache_path` (default: the run's cache).
 
-    Refuses (ProvenanceMismatch) a cache whose feature sets differ from the run's.
+    Refuses (ProvenanceMismatch) a cache whose feature sets differ from the run's, unless
+    `allow_changed_features` (then `loaded.data.accepted_feature_changes` lists them).
     """
     from cache_schema import CacheError, open_cache
 
@@ -115,5 +124,5 @@ def load_run(run_dir: str | Path, cache_path: str | Path | None = None, device: 
         cache = open_cache(cache_path or checkpoint.options["cache"])
     except CacheError as exc:
         raise RunError(str(exc)) from None
-    data = data_for_checkpoint(checkpoint, cache, in_memory)
+    data = data_for_checkpoint(checkpoint, cache, in_memory, allow_changed_features)
     return LoadedRun(run_dir, build_from_checkpoint(checkpoint, device), data, checkpoint, device)

@@ -140,10 +140,13 @@ class TrainingRecipe:
     def _setup_data(self, data: FeatureData | None, state: C.Checkpoint | None) -> None:
         if state is not None:
             try:
-                self.data = data_for_checkpoint(state, open_cache(self.options.cache), self.options.in_memory)
+                self.data = data_for_checkpoint(state, open_cache(self.options.cache), self.options.in_memory, self.options.allow_changed_features)
             except CacheError as exc:
                 raise TrainingError(str(exc)) from None
             self.data_record = state.data
+            if self.data.accepted_feature_changes:  # --allow-changed-features: say so, and keep it in the run
+                self.echo("resuming with changed features: " + "; ".join(self.data.accepted_feature_changes))
+                self.data_record = {**state.data, "accepted_feature_changes": [*state.data.get("accepted_feature_changes", []), *self.data.accepted_feature_changes]}
         else:
             self.data = data if data is not None else build_training_data(self.options)
             self.data_record = {
