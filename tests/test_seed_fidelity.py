@@ -382,3 +382,28 @@ def test_seed_presets_are_valid_and_match_the_model_defaults(preset, model_name,
     else:
         assert options["coef_lr"] == 0.1 and set(model.aligners) == {"text", "audio", "video"}
         assert options["max_len"] == {"text": None, "audio": None, "video": None}
+
+
+@pytest.mark.slow
+def test_carat_trains_end_to_end_with_ctc_and_full_length_sequences(tmp_path):
+    """The recipe with carat's seed-2 defaults: CTC terms logged, no frame truncated (audio
+    sequences longer than the old 1500-frame cap), bert_adam schedule."""
+    import csv
+    import json
+
+    from fuse.testing.synthetic_cache import make_synthetic_cache
+    from fuse.training import TrainOptions, train
+
+    sets = {"text.synthetic": ("text", 8, 20, 30), "audio.synthetic": ("audio", 6, 1600, 1700), "video.synthetic": ("video", 5, 20, 40)}
+    cache = make_synthetic_cache(tmp_path / "m.zarr", multi_label=True, classes=("happy", "sad", "anger"), feature_sets=sets, n_dialogues=6, turns=4)
+    small = {"hidden_size": 16, "num_heads": 2, "intermediate_size": 16, "text_layers": 1, "audio_layers": 1, "video_layers": 1,
+             "proj_size": 8, "queue_size": 64, "pos_weight": None, "ctc_lstm_layers": 1, "ctc_min_target_length": 4}  # fmt: skip
+    options = TrainOptions(cache=str(cache), out=str(tmp_path / "run"), model="carat", epochs=1, batch_size=8, progress=False, tensorboard=False, model_config=small)
+    train(options, echo=lambda *_: None)
+    data = json.loads((tmp_path / "run" / "data.json").read_text())
+    assert data["spec"]["max_len"] == {"text": None, "audio": None, "video": None}
+    assert data["summary"]["truncated_utterances"] == {"text": 0, "audio": 0, "video": 0}
+    row = next(csv.DictReader(open(tmp_path / "run" / "log.csv")))
+    assert {"train_ctc_text", "train_ctc_audio", "train_ctc_video"} <= set(row) and float(row["train_ctc_audio"]) > 0
+    config = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    assert (config["scheduler"], config["coef_lr"], config["exclude_norm_and_bias"]) == ("bert_adam", 0.1, True)

@@ -2,7 +2,7 @@
 
 Without `--cache` the run's own cache is used and the split's entry in the run's
 metrics.json is updated; with another cache the metrics go to
-`metrics_<cache folder name>-<hash of its absolute path>.json` in the run folder (or
+`metrics_<cache folder name>-<hash of its path and feature-set fingerprints>.json` in the run folder (or
 `--out FILE`), so scores on different caches never overwrite each other, even when two
 caches share a folder name. The cache's feature sets must match the
 run's provenance; a mismatch is refused, naming the feature set and the field.
@@ -16,12 +16,14 @@ import click
 from fuse.cli.common import fail, refuse_run_file
 
 
-def metrics_file_for(cache) -> str:
-    """The run-folder file holding scores on another cache: keyed by the cache's identity."""
+def metrics_file_for(cache, feature_sets) -> str:
+    """The run-folder file holding scores on another cache, keyed by the cache's identity:
+    its absolute path and the fingerprints of the feature sets the run reads."""
     import hashlib
 
     path = Path(cache.path).resolve()
-    return f"metrics_{path.name}-{hashlib.sha1(str(path).encode()).hexdigest()[:8]}.json"
+    identity = [str(path), *(f"{name}={cache[name].fingerprint}" for name in sorted(feature_sets))]
+    return f"metrics_{path.name}-{hashlib.sha1(chr(10).join(identity).encode()).hexdigest()[:8]}.json"
 
 
 @click.command("evaluate")
@@ -69,7 +71,7 @@ def evaluate(run_dir, split, cache, threshold, batch_size, device, out, allow_ch
         existing.setdefault("splits", {})[split] = result
         write_json(target, existing)
     else:
-        target = Path(run_dir) / metrics_file_for(data.cache)
+        target = Path(run_dir) / metrics_file_for(data.cache, data.spec.feature_sets.values())
         existing = read_json(target) if target.is_file() else {"cache": str(data.cache.path), "task": task, "splits": {}}
         existing["splits"][split] = result
         write_json(target, existing)
