@@ -257,6 +257,7 @@ class FeatureData:
         bucket: bool | None = None,
         with_labels: bool = True,
         drop_last: bool = False,
+        shard: tuple[int, int] | None = None,
     ) -> Iterator[Batch]:
         """Batches over `indices`: each utterance exactly once. See the module docstring.
 
@@ -265,11 +266,20 @@ class FeatureData:
         out each pool's remainder (len % batch_size utterances, drawn from the shuffled order
         before bucketing, so the dropped ones are random, not the longest), as a DataLoader's
         drop_last does for one pool.
+
+        `shard=(rank, world_size)` (distributed training, `fuse.training.distributed`): the same
+        plan of batches on every rank, each rank reading and yielding only its part of each
+        batch (utterances rank, rank + world_size, ...), which is empty when a batch has fewer
+        utterances than ranks.
         """
         bucket = shuffle if bucket is None else bucket
         pools, rng = self.plan(indices, shuffle, seed, epoch)
         # Random draws happen here, in a fixed order, so prefetching cannot change them.
         orders = [self._pool_order(p, batch_size, rng, bucket, drop_last) for p in pools]
+        if shard is not None:
+            rank, world_size = shard
+            orders = [[utts[rank::world_size] for utts in order] for order in orders]
+            pools = [Pool(p.blocks, np.sort(np.concatenate([*order, np.zeros(0, dtype=np.int64)]))) for p, order in zip(pools, orders)]
         if not self.prefetch or len(pools) < 2:
             for pool, order in zip(pools, orders):
                 yield from self._pool_batches(self._read_pool(pool), order, with_labels)

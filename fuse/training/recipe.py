@@ -28,6 +28,8 @@ Choices:
   uninterrupted run.
 * Early stopping on the validation metric (weighted F1 single-label, micro F1 multi-label by
   default) with the model's patience; `best.pt` keeps the best epoch.
+* Launched by torchrun with several processes, the run is data-parallel (DDP) with the
+  single-process metrics at the same global batch size (`fuse.training.distributed`).
 """
 from __future__ import annotations
 
@@ -52,6 +54,7 @@ from fuse.runs.folders import BEST, KEPT_BESIDE_RUN, LAST, RunError, clear_run_f
 from fuse.runs.lock import RunLock
 from fuse.runs.inference import Predictions, data_for_checkpoint, infer
 from fuse.runs.provenance import provenance
+from fuse.training import distributed
 from fuse.training.errors import TrainingDiverged, TrainingError
 from fuse.training.inputs import build_training_data
 from fuse.training.optim import build_optimizer, build_scheduler
@@ -78,20 +81,24 @@ class TrainingRecipe:
 
     # -- setup --------------------------------------------------------------------------------
     def setup(self, options: TrainOptions, data: FeatureData | None = None, *, resume: bool = False) -> None:
+        try:
+            device = pick_device(options.device)
+        except ValueError as exc:
+            raise TrainingError(str(exc)) from None
+        self.group = distributed.join_from_environment(device)
+        self.device = distributed.device_for_rank(device, self.group)
+        if not self.group.is_main:  # rank 0 speaks for the job
+            self.echo = lambda message: None
         state = self._setup_run(options, resume)
         if self.finished_before is not None:
             return
-        try:
-            self.device = pick_device(self.options.device)
-        except ValueError as exc:
-            raise TrainingError(str(exc)) from None
         seed_everything(self.options.seed, self.options.deterministic)
         self._setup_data(data, state)
         self._setup_model()
         self._setup_optimizer()
         if state is not None:
             self._restore(state)
-        else:
+        elif self.group.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             write_derived_files(self.run_dir, self._checkpoint(epoch=0))
         summary = self.data_record["summary"]
@@ -100,33 +107,33 @@ class TrainingRecipe:
             f"train/dev/test {len(self.rows['train'])}/{len(self.rows['dev'])}/{len(self.rows['test'])} labelled utterances; "
             f"{summary['dev_split']}; normalisation {summary['normalisation']} ({summary.get('normalisation_note', 'as stored in the run')})"
         )
-        self.tensorboard = _open_tensorboard(self.run_dir, self.options.tensorboard)
+        self.tensorboard = _open_tensorboard(self.run_dir, self.options.tensorboard) if self.group.is_main else None
 
     def _setup_run(self, options: TrainOptions, resume: bool) -> C.Checkpoint | None:
-        """Options and run folder; for a resumed run, its last checkpoint."""
+        """Options and run folder; for a resumed run, its last checkpoint.
+
+        Distributed, rank 0 chooses the folder (a default one depends on what exists), takes
+        the lock and clears it; the other ranks wait for it and use the same folder.
+        """
         self.finished_before = None
+        main = self.group.is_main
         if not resume:
             try:
-                self.options = resolve_options(options)
+                self.options = self.group.broadcast(resolve_options(options) if main else None)
             except OptionsError as exc:
                 raise TrainingError(str(exc)) from None
             self.run_dir = Path(self.options.out)
-            self.lock = RunLock(self.run_dir).acquire()
-            existing = other_files(self.run_dir)
-            if existing and not self.options.overwrite:
-                if (self.run_dir / LAST).exists():
-                    raise TrainingError(f"{self.run_dir} already holds a run; continue it with --resume, choose another --out, or pass --overwrite")
-                shown = ", ".join(p.name for p in existing[:3]) + (", ..." if len(existing) > 3 else "")
-                raise TrainingError(f"{self.run_dir} is not empty ({shown}); choose another --out, or pass --overwrite to replace its contents")
-            if existing:
-                clear_run_folder(self.run_dir, keep=KEPT_BESIDE_RUN)
             self.history, self.start_epoch, self.best_value, self.best_epoch = [], 0, None, -1
             self.epochs_without_gain, self.skipped_total, self.threshold = 0, 0, self.options.threshold
+            if main:
+                self._claim_new_run_folder()
+            self.group.barrier()
             return None
-        self.run_dir = Path(options.out or default_run_dir(options.model, latest=True))
+        self.run_dir = Path(self.group.broadcast(options.out or default_run_dir(options.model, latest=True) if main else None))
         if not self.run_dir.is_dir():
             raise RunError(f"{self.run_dir}: no such run folder to resume")
-        self.lock = RunLock(self.run_dir).acquire()
+        if main:
+            self.lock = RunLock(self.run_dir).acquire()
         state = C.load_checkpoint(self.run_dir / LAST)
         if state.training is None:
             raise RunError(f"{self.run_dir / LAST}: holds no training state to resume")
@@ -136,6 +143,18 @@ class TrainingRecipe:
             self.echo(f"{self.run_dir}: already finished ({state.training['stop_reason']}); nothing to resume")
             self.finished_before = RunResult(self.run_dir, state.metrics, state.training["history"])
         return state
+
+    def _claim_new_run_folder(self) -> None:
+        """Lock the new run's folder; refuse one holding other work unless --overwrite."""
+        self.lock = RunLock(self.run_dir).acquire()
+        existing = other_files(self.run_dir)
+        if existing and not self.options.overwrite:
+            if (self.run_dir / LAST).exists():
+                raise TrainingError(f"{self.run_dir} already holds a run; continue it with --resume, choose another --out, or pass --overwrite")
+            shown = ", ".join(p.name for p in existing[:3]) + (", ..." if len(existing) > 3 else "")
+            raise TrainingError(f"{self.run_dir} is not empty ({shown}); choose another --out, or pass --overwrite to replace its contents")
+        if existing:
+            clear_run_folder(self.run_dir, keep=KEPT_BESIDE_RUN)
 
     def _setup_data(self, data: FeatureData | None, state: C.Checkpoint | None) -> None:
         if state is not None:
@@ -185,6 +204,9 @@ class TrainingRecipe:
         except (ValueError, TypeError) as exc:
             raise TrainingError(f"model {self.options.model!r} cannot be built for this data: {exc}") from None
         self.model.to(self.device)
+        self.train_model = distributed.wrap_model(self.model, self.group, self.device)
+        # A rank whose part of a global batch is empty runs this utterance with weight 0.
+        self.stand_in = self.data.batch_for_rows(self.rows["train"][:1], with_labels=True) if self.group.enabled else None
 
     def _setup_optimizer(self) -> None:
         options = self.options
@@ -252,7 +274,8 @@ class TrainingRecipe:
             )
             if self.epochs_without_gain >= options.patience:
                 self.stop_reason = f"early stop: no {self.metric} gain on dev for {options.patience} epochs"
-            self.save_checkpoint(epoch + 1, best=improved)
+            if self.group.is_main:
+                self.save_checkpoint(epoch + 1, best=improved)
             if self.on_epoch_end is not None:
                 self.on_epoch_end(epoch, row)
             if self.epochs_without_gain >= options.patience:
@@ -264,17 +287,25 @@ class TrainingRecipe:
         options, model = self.options, self.model
         model.train()
         losses, parts, skipped, bad_in_a_row = [], {}, 0, 0
-        batches = self.data.batches(self.rows["train"], options.batch_size, shuffle=True, seed=options.seed, epoch=epoch, drop_last=options.drop_last)
-        bar = tqdm(batches, total=self.steps_per_epoch[epoch], desc=f"epoch {epoch + 1}/{options.epochs}", disable=None if options.progress else True, leave=False)
+        batches = self.data.batches(
+            self.rows["train"], options.batch_size, shuffle=True, seed=options.seed, epoch=epoch, drop_last=options.drop_last, shard=self.group.shard
+        )  # fmt: skip
+        bar = tqdm(
+            batches, total=self.steps_per_epoch[epoch], desc=f"epoch {epoch + 1}/{options.epochs}",
+            disable=None if options.progress and self.group.is_main else True, leave=False,
+        )  # fmt: skip
         for step, batch in enumerate(bar):
+            n_here = batch.size
+            batch = batch if n_here else self.stand_in
             batch = (batch.pin_memory() if self.pin_memory else batch).to(self.device, non_blocking=True)
             with self.autocast():
-                output = model(batch)
+                output = self.train_model(batch)
             if output.loss is None:
                 raise TrainingError(f"model {options.model!r} returned no loss for a labelled batch")
-            problem = None if torch.isfinite(output.loss) else "loss was"
+            loss, loss_for_backward, loss_parts = self._global_loss(output, n_here)
+            problem = None if torch.isfinite(loss) else "loss was"
             if problem is None:
-                self.scaler.scale(output.loss).backward()
+                self.scaler.scale(loss_for_backward).backward()
                 self.scaler.unscale_(self.optimizer)
                 grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), options.grad_clip if options.grad_clip > 0 else math.inf)
                 if not torch.isfinite(grad_norm) and not self.scaler.is_enabled():  # a scaler skips such steps itself
@@ -294,21 +325,41 @@ class TrainingRecipe:
             self.scheduler.step()
             self.optimizer.zero_grad(set_to_none=True)
             bad_in_a_row = 0
-            losses.append(output.loss.item())
-            for name, value in output.loss_parts.items():
+            losses.append(loss.item())
+            for name, value in loss_parts.items():
                 parts.setdefault(name, []).append(float(value))
             bar.set_postfix(loss=f"{losses[-1]:.4f}")
         return losses, parts, skipped
 
+    def _global_loss(self, output, n_here: int) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]]:
+        """(the global batch's mean loss, the loss to back-propagate here, the loss parts).
+
+        One process: the model's loss. Distributed: rank means weighted by their share of the
+        batch, so DDP's gradient average is the gradient of the global mean (module docstring
+        of `fuse.training.distributed`).
+        """
+        if not self.group.enabled:
+            return output.loss.detach(), output.loss, {k: float(v) for k, v in output.loss_parts.items()}
+        names = sorted(output.loss_parts)
+        here = torch.stack([output.loss.detach().float(), *(torch.tensor(float(output.loss_parts[k])) for k in names)]).cpu()
+        weighted = here * n_here if n_here else torch.zeros_like(here)  # a stand-in's NaN must not leak
+        totals = self.group.all_sum(torch.cat([weighted, torch.tensor([float(n_here)])]).to(self.device)).cpu()
+        n_total = totals[-1]
+        means = totals[:-1] / n_total
+        weight = self.group.world_size * n_here / float(n_total)
+        return means[0], output.loss * weight, {k: float(v) for k, v in zip(names, means[1:])}
+
     def evaluate(self, split: str, threshold: float | None = None) -> tuple[dict[str, Any], Predictions]:
         """Metrics and predictions of the current model on a split's labelled rows."""
         rows = self.rows[split]
-        pred = infer(self.model, self.data, rows, self.options.batch_size, self.device, self.options.amp)
+        pred = infer(self.model, self.data, distributed.rank_chunk(rows, self.group), self.options.batch_size, self.device, self.options.amp)
+        pred = distributed.gather_predictions(pred, self.group)
         threshold = self.threshold if threshold is None else threshold
         return M.compute_metrics(self.task, self.data.labels[rows], pred.probabilities, self.class_names, threshold), pred
 
     def finish(self) -> RunResult:
         """Score the best epoch's model on dev (and test), then write metrics and plots."""
+        self.group.barrier()  # rank 0 has written best.pt
         best = C.load_checkpoint(self.run_dir / BEST, map_location=self.device)
         self.model.load_state_dict(best.model["state"])
         splits = ["dev"] + (["test"] if len(self.rows["test"]) else [])
@@ -318,7 +369,8 @@ class TrainingRecipe:
             self.threshold, score = M.tune_threshold(self.data.labels[self.rows["dev"]], predictions["dev"].probabilities, self.metric)
             tuned = {"threshold": self.threshold, f"dev_{self.metric}": score}
             best.threshold = self.threshold
-            C.save_checkpoint(self.run_dir / BEST, best)
+            if self.group.is_main:
+                C.save_checkpoint(self.run_dir / BEST, best)
         by_split = {
             s: M.compute_metrics(self.task, self.data.labels[p.indices], p.probabilities, self.class_names, self.threshold)
             for s, p in predictions.items()
@@ -335,7 +387,11 @@ class TrainingRecipe:
             "skipped_steps": self.skipped_total,
             "dev_split": self.data_record["summary"]["dev_split"],
             "seed": self.options.seed,
+            "world_size": self.group.world_size,
         }
+        if not self.group.is_main:
+            self.group.barrier()  # rank 0 writes the run's files
+            return RunResult(self.run_dir, metrics, self.history)
         last = C.load_checkpoint(self.run_dir / LAST)
         last.training.update(finished=True, stop_reason=self.stop_reason)
         last.metrics, last.threshold = metrics, self.threshold
@@ -348,6 +404,7 @@ class TrainingRecipe:
         self.echo(M.format_table(by_split, self.task))
         self.echo(f"metrics: {self.run_dir / 'metrics.json'}")
         self.echo("plots:\n" + "\n".join(f"  {p}" for p in plots + ([example] if example else [])))
+        self.group.barrier()
         return RunResult(self.run_dir, metrics, self.history)
 
     # -- checkpoints --------------------------------------------------------------------------
