@@ -5,14 +5,100 @@
 Every figure in BENCHMARKS.md comes from a JSON file under bench/results/ or
 benchmarks/*/results.json, each written by a committed script whose command is printed
 beside its table. Nothing here measures anything.
+
+Each result records the commit it was measured at. A result is **stale** when the code it
+measures (`MEASURES`, plus the script that wrote it) changed in a commit that its own commit
+does not contain; stale results are marked in their section and in the status table at the
+top, so a figure is never quoted for code it did not measure.
 """
 from __future__ import annotations
 
 import json
+import re
+import subprocess
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
+
+STAGE_1 = ["extract", "rules", "Snakefile", "config", "cache_schema"]
+STAGE_2 = ["fuse", "cache_schema"]
+# What each result measures: the paths whose change makes it stale (its script is added).
+MEASURES = {
+    "bench/results/cache_io.json": ["cache_schema"],
+    "bench/results/train.json": STAGE_2,
+    "bench/results/reuse.json": STAGE_2,
+    "bench/results/remote.json": STAGE_2,
+    "bench/results/extract.json": STAGE_1,
+    "bench/results/gpu.json": STAGE_1 + STAGE_2,
+    "bench/results/faces.json": ["extract/encoders", "extract/media"],
+    "bench/results/attention_memory.json": ["fuse/models"],
+    "bench/results/stage2_equivalence.json": STAGE_2,
+    "bench/results/demo.json": STAGE_1 + STAGE_2 + ["extract/demo", "Makefile", "setup.cfg"],
+    "bench/results/demo_ablation.json": STAGE_1 + STAGE_2,
+    "bench/results/demo_size.json": STAGE_1 + STAGE_2,
+    "bench/results/robustness_demo.json": STAGE_1 + STAGE_2,
+    "bench/results/tune_demo.json": STAGE_1 + STAGE_2,
+}
+REAL_DATA_MEASURES = STAGE_1 + STAGE_2  # benchmarks/<data set>/results.json, plus its folder
+
+
+NOT_CODE = ":(exclude,glob)**/*.md"  # a docs-only change does not make a result stale
+
+
+def _git(*args: str, root: Path = ROOT) -> str | None:
+    try:
+        done = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, check=False)
+    except OSError:
+        return None
+    return done.stdout.strip() if done.returncode == 0 else None
+
+
+def recorded_commit(result: dict) -> str | None:
+    """The commit a result file says it measured (top level, or in its machine record)."""
+    commit = result.get("commit") or (result.get("machine") or {}).get("commit")
+    return str(commit) if commit else None
+
+
+def measured_paths(path: Path, result: dict, root: Path = ROOT) -> list[str]:
+    relative = str(path.relative_to(root))
+    paths = list(MEASURES.get(relative, REAL_DATA_MEASURES if relative.startswith("benchmarks/") else STAGE_1 + STAGE_2))
+    if relative.startswith("benchmarks/"):
+        paths.append(str(path.parent.relative_to(root)))
+    script = re.search(r"(?:^|\s)((?:bench|benchmarks)/[\w/]+\.py)", str(result.get("command", "")))
+    if script:
+        paths.append(script.group(1))
+    return [p for p in paths if (root / p).exists()]
+
+
+def freshness(path: Path, result: dict, root: Path = ROOT) -> tuple[bool, str]:
+    """(current?, one line saying why) for a result file."""
+    commit = recorded_commit(result)
+    if commit is None:
+        return False, "**stale**: records no commit"
+    full = _git("rev-parse", "--verify", "--quiet", f"{commit}^{{commit}}", root=root)
+    if full is None:
+        return False, f"**stale**: measured at {commit[:10]}, a commit this repository does not have"
+    paths = measured_paths(path, result, root)
+    last = _git("log", "-1", "--format=%H", "--", *paths, NOT_CODE, root=root) if paths else None
+    if last and _git("merge-base", "--is-ancestor", last, full, root=root) is None:
+        changed = _git("diff", "--name-only", full, last, "--", *paths, NOT_CODE, root=root) or ""
+        shown = ", ".join(changed.splitlines()[:3]) or ", ".join(paths)
+        return False, f"**stale**: measured at {commit[:10]}; the code it measures changed since in {last[:10]} ({shown})"
+    return True, f"current: measured at {commit[:10]}"
+
+
+def _status_table(entries: list[tuple[Path, dict]]) -> str:
+    lines = ["| result | status |", "| --- | --- |"]
+    for path, result in entries:
+        lines.append(f"| `{path.relative_to(ROOT)}` | {freshness(path, result)[1]} |")
+    return "\n".join(lines)
+
+
+def _with_status(section: str, path: Path, result: dict) -> str:
+    """The section with its freshness line under its heading."""
+    heading, _, body = section.partition("\n\n")
+    return f"{heading}\n\n{freshness(path, result)[1]}\n\n{body}"
 
 
 def _load(path: Path) -> dict | None:
@@ -105,22 +191,32 @@ def main() -> None:
         "",
     ]
     real = sorted((ROOT / "benchmarks").glob("*/results.json"))
+    every = [(p, _load(p)) for p in [*real, *sorted(RESULTS.glob("*.json"))]]
+    parts[5:5] = ["", "Freshness of every result file (see `bench/report.py`):", "", _status_table(every)]
     if not real:
         parts.append("No real-data results yet (run the scripts in `benchmarks/`).")
     for path in real:
-        parts += [generic_section(path.parent.name, str(path.relative_to(ROOT)), _load(path)), ""]
+        parts += [_with_status(generic_section(path.parent.name, str(path.relative_to(ROOT)), _load(path)), path, _load(path)), ""]
     demo = _load(RESULTS / "demo.json")
-    parts += ["## The demo", "", demo_section(demo) if demo else "Not run yet (`python bench/demo.py`).", ""]
+    parts += ["## The demo", "", _with_status(demo_section(demo), RESULTS / "demo.json", demo) if demo else "Not run yet (`python bench/demo.py`).", ""]
     size = _load(RESULTS / "demo_size.json")
     if size:
-        parts += [demo_size_section(size), ""]
+        parts += [_with_status(demo_size_section(size), RESULTS / "demo_size.json", size), ""]
     parts += ["## Performance", ""]
     cache = _load(RESULTS / "cache_io.json")
-    parts += [cache_section(cache) if cache else "Cache I/O: not run yet (`python bench/cache_io.py`).", ""]
-    for name, title in (("extract", "Extraction"), ("faces", "Face pipeline"), ("train", "Training from the cache"),
-                        ("reuse", "Experiment reuse")):
-        r = _load(RESULTS / f"{name}.json")
-        parts += [generic_section(title, f"bench/results/{name}.json", r) if r else f"### {title}\n\nNot run yet (`python bench/{name}.py`).", ""]
+    try:
+        cache_text = cache_section(cache) if cache else None
+    except KeyError:  # a newer cache_io.json layout: shown field by field
+        cache_text = generic_section("Cache I/O", "bench/results/cache_io.json", cache)
+    parts += [_with_status(cache_text, RESULTS / "cache_io.json", cache) if cache else "Cache I/O: not run yet (`python bench/cache_io.py`).", ""]
+    shown = {"cache_io", "demo", "demo_size"}
+    titles = {"extract": "Extraction", "faces": "Face pipeline", "train": "Training from the cache", "reuse": "Experiment reuse"}
+    for path in sorted(RESULTS.glob("*.json"), key=lambda p: (p.stem not in titles, list(titles).index(p.stem) if p.stem in titles else 0, p.stem)):
+        if path.stem in shown:
+            continue
+        r = _load(path)
+        title = titles.get(path.stem, path.stem.replace("_", " ").capitalize())
+        parts += [_with_status(generic_section(title, f"bench/results/{path.name}", r), path, r), ""]
     (ROOT / "BENCHMARKS.md").write_text("\n".join(parts).rstrip() + "\n")
     print(f"wrote {ROOT / 'BENCHMARKS.md'}")
 
