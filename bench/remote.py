@@ -32,6 +32,7 @@ import json
 import os
 import platform
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -118,6 +119,7 @@ def main() -> None:
     from fuse.testing.synthetic_cache import make_synthetic_cache
 
     started = time.perf_counter()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # so `finally` stops the server
     # Dummy credentials for the local server; never a probe of a cloud metadata service.
     os.environ.update(AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench", AWS_DEFAULT_REGION="us-east-1", AWS_EC2_METADATA_DISABLED="true")
     server, endpoint = start_s3_server(dict(os.environ))

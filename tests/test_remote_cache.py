@@ -189,7 +189,8 @@ def test_s3_writes_are_refused_and_push_never_overwrites_silently(s3_endpoint, s
     assert _run("cache", "push", local_cache, url, *_s3(s3_endpoint)).exit_code == 0
     fs.rm("emofuse-test/damaged.zarr/features/text.synthetic/values/c/0/0")
     damaged = _run("cache", "validate", url, *_s3(s3_endpoint))
-    assert damaged.exit_code == 1 and "values shard file" in damaged.output and "missing or empty" in damaged.output
+    assert damaged.exit_code == 1 and url in damaged.output, damaged.output
+    assert "values shard file" in damaged.output and "missing or empty" in damaged.output
 
 
 @pytest.mark.slow
