@@ -118,7 +118,7 @@ def main() -> None:
     cache = _load(RESULTS / "cache_io.json")
     parts += [cache_section(cache) if cache else "Cache I/O: not run yet (`python bench/cache_io.py`).", ""]
     for name, title in (("extract", "Extraction"), ("faces", "Face pipeline"), ("train", "Training from the cache"),
-                        ("reuse", "Experiment reuse")):
+                        ("reuse", "Experiment reuse"), ("remote", "Training from a cache on object storage (localhost S3)")):
         r = _load(RESULTS / f"{name}.json")
         parts += [generic_section(title, f"bench/results/{name}.json", r) if r else f"### {title}\n\nNot run yet (`python bench/{name}.py`).", ""]
     (ROOT / "BENCHMARKS.md").write_text("\n".join(parts).rstrip() + "\n")
