@@ -210,7 +210,8 @@ def main() -> None:
         cache_text = generic_section("Cache I/O", "bench/results/cache_io.json", cache)
     parts += [_with_status(cache_text, RESULTS / "cache_io.json", cache) if cache else "Cache I/O: not run yet (`python bench/cache_io.py`).", ""]
     shown = {"cache_io", "demo", "demo_size"}
-    titles = {"extract": "Extraction", "faces": "Face pipeline", "train": "Training from the cache", "reuse": "Experiment reuse"}
+    titles = {"extract": "Extraction", "faces": "Face pipeline", "train": "Training from the cache", "reuse": "Experiment reuse",
+              "remote": "Training from a cache on object storage (localhost S3)"}
     for path in sorted(RESULTS.glob("*.json"), key=lambda p: (p.stem not in titles, list(titles).index(p.stem) if p.stem in titles else 0, p.stem)):
         if path.stem in shown:
             continue

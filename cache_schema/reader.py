@@ -21,6 +21,7 @@ import zarr
 from . import layout as L
 from .errors import CacheError, FeatureSetNotFound, NotACacheError
 from .root import read_root_attrs
+from .store import cache_path, is_url, zarr_store
 from .ragged import pad
 from .table import UtteranceTable
 from .writer import read_table
@@ -29,13 +30,14 @@ from .writer import read_table
 class FeatureSet:
     """One feature set: `values` (rows x dim), `offsets` (N+1), `present` (N)."""
 
-    def __init__(self, name: str, directory: Path):
+    def __init__(self, name: str, directory):
         self.name = name
-        self.directory = Path(directory)
-        # A replacement swaps the folder at this path; its inode tells us it happened.
-        self._inode = os.stat(self.directory).st_ino
+        self.directory = cache_path(directory)  # a Path, or a UPath for a cache on object storage
+        # A replacement swaps the folder at this path; its inode tells us it happened. Object
+        # stores have no inodes (nor folder swaps): a remote cache is read as immutable.
+        self._inode = None if is_url(self.directory) else os.stat(self.directory).st_ino
         with self._reading():
-            self.group = zarr.open_group(str(directory), mode="r")
+            self.group = zarr.open_group(zarr_store(self.directory), mode="r")
             self.attrs: dict[str, Any] = dict(self.group.attrs)
             self.values: zarr.Array = self.group[L.VALUES]
             self.dim = int(self.values.shape[1])
@@ -57,6 +59,8 @@ class FeatureSet:
         self._check_not_replaced()
 
     def _check_not_replaced(self) -> None:
+        if self._inode is None:
+            return
         try:
             inode = os.stat(self.directory).st_ino
         except FileNotFoundError:
@@ -200,7 +204,11 @@ class FeatureSet:
         ]
 
     def disk_usage(self) -> tuple[int, int]:
-        """(bytes, files) this feature set occupies on disk."""
+        """(bytes, files) this feature set occupies on disk (or on the object store)."""
+        if is_url(self.directory):  # one listing request instead of a stat per object
+            listing = self.directory.fs.find(self.directory.path, detail=True)
+            sizes = [entry["size"] for entry in listing.values() if entry.get("type") != "directory"]
+            return sum(sizes), len(sizes)
         files = [f for f in self.directory.rglob("*") if f.is_file()]
         return sum(f.stat().st_size for f in files), len(files)
 
@@ -231,11 +239,12 @@ def _read_ranges(values: zarr.Array, ranges: list[tuple[int, int]]) -> list[np.n
 class Cache:
     """An opened cache. Cheap to open: nothing but metadata is read until asked for."""
 
-    def __init__(self, path: str | os.PathLike):
-        self.path = Path(path)
+    def __init__(self, path: str | os.PathLike, storage_options: dict[str, Any] | None = None):
+        # A local folder (Path) or a URL (UPath; read-only, see cache_schema.store).
+        self.path = cache_path(path, storage_options)
         self.attrs = read_root_attrs(self.path)
         try:
-            self.root = zarr.open_group(str(self.path), mode="r")
+            self.root = zarr.open_group(zarr_store(self.path), mode="r")
         except Exception as exc:
             raise NotACacheError(f"{self.path}: cannot open the cache ({type(exc).__name__}: {exc})") from exc
         self._feature_sets: dict[str, FeatureSet] = {}
@@ -285,9 +294,24 @@ class Cache:
 
     def feature_names(self) -> list[str]:
         folder = self.path / L.FEATURES
+        if is_url(folder):
+            return list(self._remote_feature_names)
         if not folder.is_dir():
             return []
         return sorted(p.name for p in folder.iterdir() if not p.name.startswith(".") and (p / "zarr.json").is_file())
+
+    @cached_property
+    def _remote_feature_names(self) -> list[str]:
+        folder = self.path / L.FEATURES
+        # One listing of features/*/zarr.json (object stores have prefixes, not folders).
+        try:
+            found = folder.fs.glob(f"{folder.path}/*/zarr.json")
+        except FileNotFoundError:
+            return []
+        except Exception as exc:
+            raise CacheError(f"{folder}: cannot list the feature sets ({type(exc).__name__}: {exc})") from exc
+        names = (p.rstrip("/").split("/")[-2] for p in found)
+        return sorted(n for n in names if not n.startswith("."))
 
     def __contains__(self, name: str) -> bool:
         return name in self.feature_names()
@@ -310,9 +334,14 @@ class Cache:
         """Forget cached handles so feature sets added or replaced since opening are seen."""
         self._feature_sets.clear()
         self.__dict__.pop("table", None)
+        self.__dict__.pop("_remote_feature_names", None)
         self.attrs = read_root_attrs(self.path)
         return self
 
 
-def open_cache(path: str | os.PathLike) -> Cache:
-    return Cache(path)
+def open_cache(path: str | os.PathLike, storage_options: dict[str, Any] | None = None) -> Cache:
+    """Open a cache read-only: a local folder or any fsspec URL (`s3://bucket/feats.zarr`).
+
+    `storage_options` go to fsspec for a URL (e.g. `{"endpoint_url": ...}`); by default
+    fsspec's configuration and the backend's standard credentials apply (cache_schema.store)."""
+    return Cache(path, storage_options)

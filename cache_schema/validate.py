@@ -7,7 +7,6 @@ every value for NaN/inf, shard by shard.
 from __future__ import annotations
 
 import os
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -38,7 +37,7 @@ def validate(path: str | os.PathLike, deep: bool = False) -> Cache:
         except Exception as exc:
             problems.append(f"feature set {name!r}: cannot be read ({exc})")
     if problems:
-        raise CacheValidationError(str(Path(path)), problems)
+        raise CacheValidationError(str(cache.path), problems)  # a folder, or the URL as given
     return cache
 
 

@@ -228,6 +228,7 @@ def resolve_options(options: TrainOptions) -> TrainOptions:
     The cache path becomes absolute (so --resume and evaluate work from any directory) and
     `context_turns` defaults to 10 for models that read dialogue context, else 0.
     """
+    from cache_schema import store as cache_store
     from fuse.models import MODELS
     from fuse.runs.folders import default_run_dir
 
@@ -245,7 +246,7 @@ def resolve_options(options: TrainOptions) -> TrainOptions:
     if options.out is None:
         changes["out"] = str(default_run_dir(options.model))
     if options.cache:
-        changes["cache"] = str(Path(options.cache).resolve())
+        changes["cache"] = cache_store.absolute(options.cache)  # a URL stays as given
     if options.context_turns is None:
         reads_context = "max_context_turns" in {f.name for f in dataclasses.fields(config_class)}
         changes["context_turns"] = DEFAULT_CONTEXT_TURNS if reads_context else 0

@@ -19,7 +19,7 @@ from fuse.sweep import SweepError, expand
 from fuse.testing.synthetic_cache import make_synthetic_cache
 from fuse.training import TrainingError, TrainOptions, train
 
-NOT_OPTIONS = {"config_file", "seeds", "resume"}  # flags of `fuse train` that are not run options
+NOT_OPTIONS = {"config_file", "seeds", "resume", "storage_option"}  # flags of `fuse train` that are not run options
 
 
 def test_every_option_is_a_flag_of_fuse_train_and_nothing_else_is():

@@ -1,4 +1,4 @@
-"""`fuse cache info|validate PATH`."""
+"""`fuse cache info|validate PATH` (a folder or a URL), `fuse cache push|pull` (object storage)."""
 from __future__ import annotations
 
 import sys
@@ -7,6 +7,7 @@ import click
 import numpy as np
 
 from cache_schema import CacheError, CacheValidationError, open_cache, validate
+from fuse.cli.common import apply_storage_options, storage_option_flag
 
 
 def _fail(exc: Exception) -> None:
@@ -22,8 +23,10 @@ def cache() -> None:
 @cache.command("validate")
 @click.argument("path", type=click.Path())
 @click.option("--deep", is_flag=True, help="Also scan every value for NaN/inf (reads the whole cache).")
-def validate_command(path: str, deep: bool) -> None:
-    """Check PATH against the cache contract; exit 1 listing every problem."""
+@storage_option_flag
+def validate_command(path: str, deep: bool, storage_option) -> None:
+    """Check PATH (a folder or a URL) against the cache contract; exit 1 listing every problem."""
+    apply_storage_options(path, storage_option)
     try:
         c = validate(path, deep=deep)
     except CacheValidationError as exc:
@@ -44,8 +47,10 @@ def _human(n: float) -> str:
 
 @cache.command("info")
 @click.argument("path", type=click.Path())
-def info_command(path: str) -> None:
-    """Summarise PATH: utterances per split, and each feature set's shape, coverage and size."""
+@storage_option_flag
+def info_command(path: str, storage_option) -> None:
+    """Summarise PATH (a folder or a URL): utterances per split, each feature set's shape, coverage and size."""
+    apply_storage_options(path, storage_option)
     try:
         c = open_cache(path)
         split = c.column("split")
@@ -86,3 +91,52 @@ def info_command(path: str) -> None:
     click.echo("  ".join("-" * w for w in widths))
     for r in rows:
         click.echo("  ".join(v.ljust(w) for v, w in zip(r, widths)))
+
+
+# Object storage: caches are written locally and copied whole (cache_schema/transfer.py).
+
+
+def _report_transfer(report) -> None:
+    fingerprints = ", ".join(f"{name} {fp[len('sha256:') : len('sha256:') + 12] if fp else 'unknown'}" for name, fp in report.feature_sets.items())
+    click.echo(f"copied {report.source} -> {report.destination}: {report.files} files, {_human(report.bytes)}")
+    click.echo(f"verified: valid, {report.n_utterances} utterances, same files and fingerprints ({fingerprints or 'no feature sets'})")
+
+
+@cache.command("push")
+@click.argument("local", type=click.Path(exists=True, file_okay=False))
+@click.argument("url")
+@click.option("--force", is_flag=True, help="Replace an existing cache at URL.")
+@storage_option_flag
+def push_command(local: str, url: str, force: bool, storage_option) -> None:
+    """Copy the finished local cache LOCAL to object storage at URL (e.g. s3://bucket/feats.zarr)."""
+    from cache_schema.transfer import push
+
+    apply_storage_options(url, storage_option)
+    try:
+        report = push(local, url, force=force)
+    except CacheValidationError as exc:
+        click.echo(str(exc), err=True)
+        sys.exit(1)
+    except CacheError as exc:
+        _fail(exc)
+    _report_transfer(report)
+
+
+@cache.command("pull")
+@click.argument("url")
+@click.argument("local", type=click.Path())
+@click.option("--force", is_flag=True, help="Replace an existing local cache at LOCAL.")
+@storage_option_flag
+def pull_command(url: str, local: str, force: bool, storage_option) -> None:
+    """Copy the cache at URL into the local folder LOCAL (staged, verified, then swapped in)."""
+    from cache_schema.transfer import pull
+
+    apply_storage_options(url, storage_option)
+    try:
+        report = pull(url, local, force=force)
+    except CacheValidationError as exc:
+        click.echo(str(exc), err=True)
+        sys.exit(1)
+    except CacheError as exc:
+        _fail(exc)
+    _report_transfer(report)

@@ -124,3 +124,28 @@ def given_options(group: type, params: dict[str, Any]) -> dict[str, Any]:
             value = [] if value.strip().lower() == "none" else [v.strip() for v in value.split(",") if v.strip()]
         given[name] = value
     return given
+
+
+def storage_option_flag(command):
+    """`--storage-option KEY=VALUE` (repeatable): fsspec options for a cache given as a URL."""
+    return click.option(
+        "--storage-option",
+        "storage_option",
+        multiple=True,
+        metavar="KEY=VALUE",
+        help="fsspec option for a URL cache, e.g. endpoint_url=http://localhost:9000 (repeatable; "
+        "credentials: the backend's standard variables, e.g. AWS_ACCESS_KEY_ID). See docs/scaling.md.",
+    )(command)
+
+
+def apply_storage_options(where, pairs) -> None:
+    """Make --storage-option the fsspec defaults for `where`'s protocol, for this process."""
+    if not pairs:
+        return
+    from cache_schema import CacheError
+    from cache_schema.store import configure, parse_storage_options
+
+    try:
+        configure(str(where), parse_storage_options(parse_pairs(pairs, "--storage-option")))
+    except CacheError as exc:
+        fail(str(exc))

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import click
 
-from fuse.cli.common import fail, refuse_run_file
+from fuse.cli.common import apply_storage_options, fail, refuse_run_file, storage_option_flag
 
 
 def metrics_file_for(cache, feature_sets) -> str:
@@ -21,9 +21,11 @@ def metrics_file_for(cache, feature_sets) -> str:
     its absolute path and the fingerprints of the feature sets the run reads."""
     import hashlib
 
-    path = Path(cache.path).resolve()
-    identity = [str(path), *(f"{name}={cache[name].fingerprint}" for name in sorted(feature_sets))]
-    return f"metrics_{path.name}-{hashlib.sha1(chr(10).join(identity).encode()).hexdigest()[:8]}.json"
+    from cache_schema.store import identity as cache_identity
+
+    where = cache_identity(cache.path)  # a resolved path, or the URL of a cache on object storage
+    identity = [where, *(f"{name}={cache[name].fingerprint}" for name in sorted(feature_sets))]
+    return f"metrics_{cache.path.name}-{hashlib.sha1(chr(10).join(identity).encode()).hexdigest()[:8]}.json"
 
 
 @click.command("evaluate")
@@ -35,15 +37,20 @@ def metrics_file_for(cache, feature_sets) -> str:
 @click.option("--allow-changed-features", is_flag=True, help="Use the cache although its feature sets changed since training (recorded).")
 @click.option("--device", default="auto", show_default=True)
 @click.option("--out", type=click.Path(dir_okay=False), help="Write the metrics here instead.")
-def evaluate(run_dir, split, cache, threshold, batch_size, device, out, allow_changed_features) -> None:
-    """Evaluate a trained run on a split of its cache (or of another cache)."""
+@storage_option_flag
+def evaluate(run_dir, split, cache, threshold, batch_size, device, out, allow_changed_features, storage_option) -> None:
+    """Evaluate a trained run on a split of its cache (or of another cache; a folder or a URL)."""
     from cache_schema import CacheError
+    from cache_schema.store import identity as cache_identity
     from fuse import metrics as M
     from fuse import runs
     from fuse.jsonio import read_json, write_json
     from fuse.data import DataError, canonical_split
     from fuse.device import pick_device
 
+    if storage_option and cache is None:
+        fail("--storage-option applies to --cache URL; give --cache")
+    apply_storage_options(cache, storage_option)
     try:
         loaded = runs.load_run(run_dir, cache, device=str(pick_device(device)), allow_changed_features=allow_changed_features)
         data = loaded.data
@@ -60,7 +67,7 @@ def evaluate(run_dir, split, cache, threshold, batch_size, device, out, allow_ch
     if data.accepted_feature_changes:  # --allow-changed-features: say so and keep it with the scores
         click.echo("warning: changed features used: " + "; ".join(data.accepted_feature_changes), err=True)
         result = {**result, "accepted_feature_changes": data.accepted_feature_changes}
-    own_cache = cache is None or Path(cache).resolve() == Path(loaded.options["cache"]).resolve()
+    own_cache = cache is None or cache_identity(cache) == cache_identity(loaded.options["cache"])
     if out:
         target = Path(out)
         refuse_run_file(target)

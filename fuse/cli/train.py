@@ -21,7 +21,7 @@ from pathlib import Path
 import click
 import yaml
 
-from fuse.cli.common import fail, flag_name, given_options, options_from_schema
+from fuse.cli.common import apply_storage_options, fail, flag_name, given_options, options_from_schema, storage_option_flag
 from fuse.options import RESUME_OVERRIDES, TrainOptions
 
 
@@ -40,7 +40,8 @@ def load_yaml_config(path: str) -> dict:
 @click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False), help="YAML file of options; flags override it.")
 @click.option("--seeds", help="Comma-separated seeds: one run per seed in <out>/seed-<s>, then mean ± std.")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint.")
-def train(config_file, seeds, resume, **params) -> None:
+@storage_option_flag
+def train(config_file, seeds, resume, storage_option, **params) -> None:
     """Train a fusion model from a feature cache."""
     from cache_schema import CacheError
     from fuse.data import DataError
@@ -67,6 +68,10 @@ def train(config_file, seeds, resume, **params) -> None:
             fail(f"--resume continues a run with its saved options; do not pass {', '.join(flag_name(e) for e in extra)}")
     elif not options.get("cache"):
         fail("--cache is required (or give `cache:` in --config)")
+    if storage_option:  # fsspec options for a cache URL (not training options: never saved with the run)
+        if not options.get("cache"):
+            fail("--storage-option applies to a --cache URL; with --resume, set them in the environment (docs/scaling.md)")
+        apply_storage_options(options["cache"], storage_option)
     if not options.get("out"):  # decided here so that messages name the folder actually used
         options["out"] = str(default_run_dir(options.get("model") or "cmaf", latest=resume))
     try:

@@ -20,9 +20,8 @@ from __future__ import annotations
 
 from typing import Any
 
-import os
-
 from cache_schema import Cache, diff_params
+from cache_schema.store import identity as cache_identity  # a resolved path, or the URL
 from fuse.jsonio import to_jsonable
 from fuse.runs.folders import RunError
 
@@ -51,7 +50,7 @@ def provenance(cache: Cache, feature_sets: dict[str, str]) -> dict[str, Any]:
             "fingerprint": fs.fingerprint,
             "fingerprint_params": to_jsonable(fs.fingerprint_params),
         }
-    return {"schema_version": cache.schema_version, "cache": os.path.realpath(cache.path), "feature_sets": sets}
+    return {"schema_version": cache.schema_version, "cache": cache_identity(cache.path), "feature_sets": sets}
 
 
 def check_provenance(saved: dict[str, Any], cache: Cache, allow_changed: bool = False) -> list[str]:
@@ -63,7 +62,7 @@ def check_provenance(saved: dict[str, Any], cache: Cache, allow_changed: bool = 
         raise ProvenanceMismatch(
             f"{cache.path}: cache schema version {cache.schema_version} differs from the run's ({saved['schema_version']})"
         )
-    own_cache = saved.get("cache") == os.path.realpath(cache.path)
+    own_cache = saved.get("cache") == cache_identity(cache.path)
     accepted = []
     for name, expected in saved["feature_sets"].items():
         if name not in cache:
