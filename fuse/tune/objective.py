@@ -13,6 +13,7 @@ data configuration share one FeatureData (with `in_memory: true`, prepared featu
 from __future__ import annotations
 
 import math
+import os
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -87,6 +88,7 @@ class Objective:
         # A retry of a killed trial inherits its user attributes, so it finds the killed run's folder.
         run_dir = self.out / trial.user_attrs["run"] if "run" in trial.user_attrs else trial_dir(self.out, trial.number)
         trial.set_user_attr("run", str(run_dir.relative_to(self.out)))
+        trial.set_user_attr("pid", os.getpid())
         options = trial_options(self.space, params, self.cache, run_dir, self.metric)
         run_dir.mkdir(parents=True, exist_ok=True)
         started = time.perf_counter()
@@ -118,8 +120,10 @@ class Objective:
         finally:
             log.close()
             trial.set_user_attr("seconds", round(time.perf_counter() - started, 3))
+        from fuse import metrics as M
+
         dev = metrics["splits"]["dev"]
-        trial.set_user_attr("dev", {k: v for k, v in dev.items() if isinstance(v, (int, float))})
+        trial.set_user_attr("dev", {k: dev[k] for k in M.headline(metrics["task"]) if k in dev})
         trial.set_user_attr("best_epoch", metrics["best_epoch"])
         trial.set_user_attr("stop_reason", metrics["stop_reason"])
         value = float(dev[self.metric])  # the dev split only: test never reaches the study
