@@ -57,8 +57,8 @@ def train_run(options: dict[str, Any], shared, echo: Callable[[str], None], on_e
     run_dir.mkdir(parents=True, exist_ok=True)
     lock = RunLock(run_dir).acquire()
     try:
-        if state == "restart":
-            clear_run_folder(run_dir)
+        if state == "restart":  # killed before its first checkpoint: start over (its log kept)
+            clear_run_folder(run_dir, keep=(".lock", TRIAL_LOG))
         if state == "resume":
             echo(f"continuing {run_dir} from its last checkpoint")
             return train(parse_options(options), resume=True, echo=echo, on_epoch_end=on_epoch_end).metrics

@@ -12,7 +12,7 @@
 * **Sampler / pruner.** TPE by default, seeded (worker i uses seed + i, so parallel workers do
   not draw the same random start-up points); MedianPruner by default: a trial whose dev metric
   after an epoch is worse than the median of earlier trials at that epoch is stopped, after
-  5 trials have finished and from epoch 3 on.
+  5 trials have finished and from epoch 2 on (`n_warmup_steps=2`).
 """
 from __future__ import annotations
 
