@@ -207,7 +207,7 @@ def _tune_process(cache_path, path, out, trials, *extra) -> subprocess.Popen:
 @pytest.mark.slow
 def test_study_survives_kill_9_and_resumes_without_losing_a_trial(tmp_path, cache_path):
     # Long enough trials (no early stop) that the kill lands inside the second one.
-    spec = {**SPACE, "base": {**BASE, "epochs": 40, "patience": 40}}
+    spec = {**SPACE, "base": {**BASE, "epochs": 25, "patience": 25}}
     path = _space_file(tmp_path, spec)
     out = tmp_path / "tune"
     process = _tune_process(cache_path, path, out, 3, "--heartbeat", "1")
@@ -261,3 +261,27 @@ def test_two_workers_share_one_sqlite_study(tmp_path, cache_path):
     assert "[worker 0]" in output and "[worker 1]" in output
     assert len({t.user_attrs["run"] for t in trials}) == len(trials), "one run folder per trial"
     assert (out / "leaderboard.csv").read_text().count("\n") == len(trials) + 1
+
+
+def test_ctrl_c_queues_the_interrupted_trial_again_with_its_run_folder(tmp_path):
+    from fuse.tune.runner import _requeue_interrupted
+
+    study = optuna.create_study(storage=f"sqlite:///{tmp_path / 'study.db'}", study_name="s")
+
+    def interrupted(trial):
+        trial.suggest_float("x", 0.0, 1.0)
+        trial.set_user_attr("run", "trials/trial-0000")
+        trial.set_user_attr("pid", os.getpid())
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        try:
+            study.optimize(interrupted)
+        except KeyboardInterrupt:
+            _requeue_interrupted(study)
+            _requeue_interrupted(study)  # twice: still one retry
+            raise
+    first, retry = study.trials
+    assert first.state.name == "FAIL" and retry.state.name == "WAITING"
+    assert retry.system_attrs["fixed_params"] == first.params, "a queued trial runs with these parameters"
+    assert retry.user_attrs == {"run": "trials/trial-0000", "retry_of": 0}

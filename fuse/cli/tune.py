@@ -26,7 +26,7 @@ from fuse.cli.common import fail
 @click.option("--split", default="dev", show_default=True, help="Split the objective is scored on: dev only (test is refused).")
 @click.option("--sampler", type=click.Choice(["tpe", "random"]), default="tpe", show_default=True)
 @click.option("--pruner", type=click.Choice(["median", "none"]), default="median", show_default=True, help="Stop poor trials early by their per-epoch dev metric.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Sampler seed (worker i uses seed + i).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Sampler seed (offset by worker and by the trials the study holds).")
 @click.option("--seeds", default="0,1,2", show_default=True, help="Re-run the best trial (and the default config) with these seeds for mean ± std; 'none' to skip.")
 @click.option("--baseline/--no-baseline", default=True, show_default=True, help="Also run the default config (base: only) with the same seeds and compare.")
 @click.option("--heartbeat", "heartbeat_s", type=click.IntRange(min=1), default=10, show_default=True, help="Seconds between trial heartbeats; a trial silent for twice that is failed and retried.")

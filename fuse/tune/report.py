@@ -50,7 +50,8 @@ def write_leaderboard(study, out: Path, metric: str) -> list[Path]:
         complete = t.state.name == "COMPLETE"
         rank += complete
         attrs = t.user_attrs
-        note = attrs.get("error") or (f"retry of trial {t.system_attrs['failed_trial']}" if "failed_trial" in t.system_attrs else "")
+        retry_of = t.system_attrs.get("failed_trial", attrs.get("retry_of"))
+        note = attrs.get("error") or (f"retry of trial {retry_of}" if retry_of is not None else "")
         writer.writerow(
             [rank if complete else "", t.number, t.state.name.lower(), *(_fmt_option(t.params.get(p)) for p in params)]
             + [_fmt(t.value) if complete else ""]

@@ -65,10 +65,12 @@ def _study(config: TuneConfig, worker: int = 0):
     from fuse.tune.study import make_pruner, make_sampler, make_storage, open_study
 
     storage = make_storage(config.storage, config.heartbeat_s)
-    return open_study(
-        storage, config.study_name, config.direction, config.space.to_dict(),
-        sampler=make_sampler(config.sampler, config.seed + worker), pruner=make_pruner(config.pruner),
-    )  # fmt: skip
+    study = open_study(storage, config.study_name, config.direction, config.space.to_dict(), pruner=make_pruner(config.pruner))
+    # The sampler's random state lives in this process: seeded by worker and by how many trials
+    # the study holds, so a resumed study (or another worker) does not redraw earlier points,
+    # and the same study state gives the same draws.
+    study.sampler = make_sampler(config.sampler, config.seed + 100_003 * worker + len(study.get_trials(deepcopy=False)))
+    return study
 
 
 def run_worker(config: TuneConfig, worker: int = 0, echo: Callable[[str], None] = print) -> None:
@@ -95,12 +97,27 @@ def run_worker(config: TuneConfig, worker: int = 0, echo: Callable[[str], None] 
             echo(f"stopping: {errors} trials failed with errors (see the leaderboard)")
             study.stop()
 
-    study.optimize(
-        objective,
-        callbacks=[MaxTrialsCallback(config.trials, states=(TrialState.COMPLETE, TrialState.PRUNED)), stop_on_repeated_errors],
-        catch=(TrialError,),
-        gc_after_trial=False,
-    )
+    try:
+        study.optimize(
+            objective,
+            callbacks=[MaxTrialsCallback(config.trials, states=(TrialState.COMPLETE, TrialState.PRUNED)), stop_on_repeated_errors],
+            catch=(TrialError,),
+            gc_after_trial=False,
+        )
+    except KeyboardInterrupt:
+        _requeue_interrupted(study)
+        raise
+
+
+def _requeue_interrupted(study) -> None:
+    """Ctrl-C: Optuna marks the running trial FAIL; queue its parameters again (same run folder)."""
+    from optuna.trial import TrialState
+
+    trials = study.get_trials(deepcopy=False)
+    requeued = {t.user_attrs.get("retry_of") for t in trials}
+    for t in trials:
+        if t.state == TrialState.FAIL and t.user_attrs.get("pid") == os.getpid() and "error" not in t.user_attrs and t.number not in requeued:
+            study.enqueue_trial(t.params, user_attrs={"run": t.user_attrs["run"], "retry_of": t.number})
 
 
 def _worker_process(config: TuneConfig, worker: int) -> None:

@@ -9,8 +9,9 @@
   that starts a trial, and `RetryHeartbeatStaleTrialCallback` queues its parameters again
   (WAITING, picked before any new sample), so a kill -9 loses no trial. The retry reuses the
   killed trial's run folder and continues from its last checkpoint.
-* **Sampler / pruner.** TPE by default, seeded (worker i uses seed + i, so parallel workers do
-  not draw the same random start-up points); MedianPruner by default: a trial whose dev metric
+* **Sampler / pruner.** TPE by default, seeded (`fuse.tune.runner` offsets the seed by worker
+  and by the trials the study holds, so parallel workers and a resumed study do not redraw
+  earlier points); MedianPruner by default: a trial whose dev metric
   after an epoch is worse than the median of earlier trials at that epoch is stopped, after
   5 trials have finished and from epoch 2 on (`n_warmup_steps=2`).
 """
