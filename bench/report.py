@@ -114,6 +114,9 @@ def main() -> None:
     size = _load(RESULTS / "demo_size.json")
     if size:
         parts += [demo_size_section(size), ""]
+    tune = _load(RESULTS / "tune_demo.json")
+    if tune:
+        parts += [generic_section("fuse tune on the demo", "bench/results/tune_demo.json", tune), ""]
     parts += ["## Performance", ""]
     cache = _load(RESULTS / "cache_io.json")
     parts += [cache_section(cache) if cache else "Cache I/O: not run yet (`python bench/cache_io.py`).", ""]
