@@ -202,6 +202,9 @@ def main() -> None:
     size = _load(RESULTS / "demo_size.json")
     if size:
         parts += [_with_status(demo_size_section(size), RESULTS / "demo_size.json", size), ""]
+    tune = _load(RESULTS / "tune_demo.json")
+    if tune:
+        parts += [_with_status(generic_section("fuse tune on the demo", "bench/results/tune_demo.json", tune), RESULTS / "tune_demo.json", tune), ""]
     parts += ["## Performance", ""]
     cache = _load(RESULTS / "cache_io.json")
     try:
@@ -209,7 +212,7 @@ def main() -> None:
     except KeyError:  # a newer cache_io.json layout: shown field by field
         cache_text = generic_section("Cache I/O", "bench/results/cache_io.json", cache)
     parts += [_with_status(cache_text, RESULTS / "cache_io.json", cache) if cache else "Cache I/O: not run yet (`python bench/cache_io.py`).", ""]
-    shown = {"cache_io", "demo", "demo_size"}
+    shown = {"cache_io", "demo", "demo_size", "tune_demo"}
     titles = {"extract": "Extraction", "faces": "Face pipeline", "train": "Training from the cache", "reuse": "Experiment reuse",
               "remote": "Training from a cache on object storage (localhost S3)"}
     for path in sorted(RESULTS.glob("*.json"), key=lambda p: (p.stem not in titles, list(titles).index(p.stem) if p.stem in titles else 0, p.stem)):

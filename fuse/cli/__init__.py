@@ -15,6 +15,7 @@ _COMMANDS = {
     "explain": ("fuse.cli.explain", "explain"),
     "sweep": ("fuse.cli.sweep", "sweep"),
     "ablate": ("fuse.cli.ablate", "ablate"),
+    "tune": ("fuse.cli.tune", "tune"),
 }
 
 _HELP = {
@@ -25,6 +26,7 @@ _HELP = {
     "explain": "Plot cross-modal attention for one utterance.",
     "sweep": "Run a grid of training configs against one cache.",
     "ablate": "Fused model vs each modality alone, same seeds.",
+    "tune": "Search hyperparameters with Optuna (dev split only).",
 }
 
 
