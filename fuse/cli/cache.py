@@ -1,4 +1,4 @@
-"""`fuse cache info|validate PATH`."""
+"""`fuse cache info|validate|upgrade PATH`."""
 from __future__ import annotations
 
 import sys
@@ -86,3 +86,19 @@ def info_command(path: str) -> None:
     click.echo("  ".join("-" * w for w in widths))
     for r in rows:
         click.echo("  ".join(v.ljust(w) for v, w in zip(r, widths)))
+
+
+@cache.command("upgrade")
+@click.argument("path", type=click.Path())
+def upgrade_command(path: str) -> None:
+    """Rewrite PATH in place to the current layout (atomically, one feature set at a time).
+
+    Refuses when PATH is already current or another process is writing it.
+    """
+    from cache_schema import SCHEMA_MINOR, SCHEMA_VERSION, upgrade_cache
+
+    try:
+        names = upgrade_cache(path, progress=lambda name: click.echo(f"rewriting {name} ...", err=True))
+    except CacheError as exc:
+        _fail(exc)
+    click.echo(f"{path}: upgraded to schema {SCHEMA_VERSION}.{SCHEMA_MINOR} ({len(names)} feature set(s) rewritten: {', '.join(names) or 'none'})")
