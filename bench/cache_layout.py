@@ -9,7 +9,9 @@ and cold (page cache dropped with posix_fadvise(DONTNEED) on every file first). 
 is `np.fromfile` of the same files, in the same state, in the same run: the ratio
 scan MB/s / raw MB/s is the figure to compare (MB are payload bytes, i.e. decoded values, for
 both; for compressed layouts raw reads fewer bytes). Each figure is the total over `--rounds`.
-Excludes: opening the array (metadata) and any per-utterance work.
+Layouts that cache_schema/direct.py can read (uncompressed, CRC32C per inner chunk) are also
+scanned through it (`direct_*`: preadv straight into the output, CRC checked). Excludes:
+opening the array (metadata) and any per-utterance work.
 """
 from __future__ import annotations
 
@@ -26,6 +28,8 @@ from pathlib import Path
 import numpy as np
 import zarr
 import zarr.codecs as zc
+
+from cache_schema.direct import DirectValues
 
 MB = 1024 * 1024
 SHARD_BYTES = 64 * MB
@@ -126,6 +130,17 @@ def main() -> None:
             scan_mbs = args.rounds * payload / MB / t_scan
             raw_mbs = args.rounds * payload / MB / t_raw
             row[state] = {"scan_mb_per_s": round(scan_mbs, 1), "raw_mb_per_s": round(raw_mbs, 1), "ratio": round(scan_mbs / raw_mbs, 3)}
+            direct = DirectValues.eligible(path)
+            if direct is not None:  # the same scan through cache_schema/direct.py
+                t_direct = 0.0
+                for _ in range(args.rounds):
+                    drop_cache(files) if state == "cold" else raw_read(files)
+                    t0 = time.perf_counter()
+                    for lo in range(0, arr.shape[0], block):
+                        direct.read_rows(lo, lo + block)
+                    t_direct += time.perf_counter() - t0
+                d_mbs = args.rounds * payload / MB / t_direct
+                row[state].update({"direct_mb_per_s": round(d_mbs, 1), "direct_ratio": round(d_mbs / raw_mbs, 3)})
         results[name] = row
         print(name, json.dumps(row), flush=True)
         shutil.rmtree(path)

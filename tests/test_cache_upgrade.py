@@ -162,3 +162,26 @@ def test_merge_writes_every_shard_once_in_order(tmp_path, monkeypatch):
     fs = validate(path, deep=True)["audio.m"]
     expected = np.concatenate([__import__("zarr").open_group(str(p))["values"][...] for p in parts])
     np.testing.assert_array_equal(fs.values[...], expected)
+
+
+def test_direct_block_reads_equal_zarr_reads_and_check_every_chunk(tmp_path):
+    """FeatureSet.block_rows reads uncompressed sets straight from the shard files (direct.py)."""
+    path = old_cache(tmp_path)
+    upgrade_cache(path)
+    merge_parts(path, "audio.old", _parts(tmp_path / "p2", [30 + i % 50 for i in range(40)], 2), {"modality": "audio"}, layout_minor=1)
+    cache = open_cache(path)
+    assert cache["text.b"]._direct is None  # zstd: read through zarr
+    rng = np.random.default_rng(3)
+    for name in ("audio.a", "audio.old"):
+        fs = cache[name]
+        assert fs._direct is not None and fs._direct.inner_rows == fs.values.chunks[0]
+        full = fs.values[...]
+        rows = len(full)
+        for lo, hi in [(0, rows), (0, 1), (rows - 1, rows), (5, rows + 100), (7, 7)] + [tuple(sorted(rng.integers(0, rows, 2))) for _ in range(20)]:
+            np.testing.assert_array_equal(fs.block_rows(lo, hi), full[lo:hi])
+    shard = path / "features/audio.a/values/c/0/0"
+    data = bytearray(shard.read_bytes())
+    data[2 * DIM * 2 * 3 + 1] ^= 0x10  # a value in row 6, inside the first inner chunk
+    shard.write_bytes(bytes(data))
+    with pytest.raises(CacheError, match="fails its CRC32C check"):
+        open_cache(path)["audio.a"].block_rows(0, 10)
