@@ -26,6 +26,7 @@ import numpy as np
 import zarr
 
 from . import layout as L
+from .direct import DirectValues, write_shard
 from .errors import CacheError, NotACacheError
 from .ragged import lengths_to_offsets
 from .root import read_root_attrs
@@ -389,11 +390,14 @@ class _ShardAlignedAppender:
     1.2, copied them O(parts) times).
     """
 
-    def __init__(self, array: zarr.Array, shard_rows: int):
+    def __init__(self, array: zarr.Array, shard_rows: int, folder: Path | None = None):
         self.array, self.shard_rows = array, shard_rows
         self.written = 0
         self._buffer = np.empty((min(shard_rows, max(1, array.shape[0])), array.shape[1]), dtype=array.dtype)
         self._filled = 0
+        # Uncompressed sets are written shard by shard without zarr's per-chunk encode path
+        # (direct.write_shard: the same bytes); compressed ones through zarr.
+        self._direct = DirectValues.eligible(folder) if folder is not None else None
 
     def append(self, rows: np.ndarray) -> None:
         pos = 0
@@ -406,7 +410,10 @@ class _ShardAlignedAppender:
                 self._flush()
 
     def _flush(self) -> None:
-        self.array[self.written : self.written + self._filled] = self._buffer[: self._filled]
+        if self._direct is not None:
+            write_shard(self._direct, self.written // self.shard_rows, self._buffer[: self._filled])
+        else:
+            self.array[self.written : self.written + self._filled] = self._buffer[: self._filled]
         self.written += self._filled
         self._filled = 0
 
@@ -541,7 +548,7 @@ def _write_feature_set_locked(
     try:
         group = zarr.open_group(str(staging), mode="w")
         values, shard_rows = _create_values(group, int(offsets[-1]), dim, dtype, compression, layout_minor)
-        appender = _ShardAlignedAppender(values, shard_rows)
+        appender = _ShardAlignedAppender(values, shard_rows, staging / L.VALUES)
         for block in rows:
             appender.append(block)
         appender.finish()

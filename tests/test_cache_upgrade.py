@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import zarr
 from click.testing import CliRunner
 
 from cache_schema import (
@@ -142,9 +143,9 @@ def test_failed_upgrade_leaves_the_old_cache_readable(tmp_path, monkeypatch):
 def test_merge_writes_every_shard_once_in_order(tmp_path, monkeypatch):
     """The linear merge: one write per shard, shard-aligned, however the parts cut the rows."""
     monkeypatch.setattr(L, "TARGET_SHARD_BYTES", 4 * 1024 * 1024)  # ~2730 rows of 768 fp16 -> 2048-row shards
-    lengths = [(i * 37) % 120 + 1 for i in range(200)]
+    lengths = [(i * 37) % 60 + 1 for i in range(150)]
     path = tmp_path / "c.zarr"
-    create_cache(path, UtteranceTable.from_records([{"id": f"u{i}"} for i in range(200)]))
+    create_cache(path, UtteranceTable.from_records([{"id": f"u{i}"} for i in range(150)]))
     parts = _parts(tmp_path / "parts", lengths, 7)
     writes = []
     real_flush = W._ShardAlignedAppender._flush
@@ -160,7 +161,7 @@ def test_merge_writes_every_shard_once_in_order(tmp_path, monkeypatch):
     assert [w[0] for w in writes] == list(range(0, total, shard))
     assert all(w[1] == shard for w in writes[:-1]) and writes[-1][0] + writes[-1][1] == total
     fs = validate(path, deep=True)["audio.m"]
-    expected = np.concatenate([__import__("zarr").open_group(str(p))["values"][...] for p in parts])
+    expected = np.concatenate([zarr.open_group(str(p))["values"][...] for p in parts])
     np.testing.assert_array_equal(fs.values[...], expected)
 
 
@@ -185,3 +186,21 @@ def test_direct_block_reads_equal_zarr_reads_and_check_every_chunk(tmp_path):
     shard.write_bytes(bytes(data))
     with pytest.raises(CacheError, match="fails its CRC32C check"):
         open_cache(path)["audio.a"].block_rows(0, 10)
+
+
+@pytest.mark.parametrize("rows, inner, shard, dim, dtype", [(5000, 1024, 4096, 16, "float16"), (37, 16, 32, 5, "float32"), (10, 16, 16, 3, "float16")])
+def test_direct_shard_writes_are_byte_identical_to_zarr(tmp_path, rows, inner, shard, dim, dtype):
+    """direct.write_shard (the merge's writer for uncompressed sets) writes exactly zarr's bytes."""
+    from cache_schema.direct import DirectValues, write_shard
+
+    data = np.random.default_rng(rows).standard_normal((rows, dim)).astype(dtype)
+    spec = dict(shape=data.shape, dtype=dtype, chunks=(inner, dim), shards=(shard, dim), compressors=[zarr.codecs.Crc32cCodec()], fill_value=np.nan)
+    zarr.create_array(str(tmp_path / "by_zarr"), **spec)[...] = data
+    zarr.create_array(str(tmp_path / "direct"), **spec)
+    direct = DirectValues.eligible(tmp_path / "direct")
+    for k, lo in enumerate(range(0, rows, shard)):
+        write_shard(direct, k, data[lo : lo + shard])
+    for k in range(-(-rows // shard)):
+        assert (tmp_path / f"direct/c/{k}/0").read_bytes() == (tmp_path / f"by_zarr/c/{k}/0").read_bytes()
+    np.testing.assert_array_equal(zarr.open_array(str(tmp_path / "direct"))[...], data)
+    assert sorted(p.name for p in (tmp_path / "direct/c").rglob("*") if p.is_file()) == ["0"] * len(range(0, rows, shard))  # no temp files left
