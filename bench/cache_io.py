@@ -189,6 +189,7 @@ def main() -> None:
     ap.add_argument("--workdir", default=None, help="where to write (default: a temp dir under /work, removed afterwards)")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "cache_io.json"))
     args = ap.parse_args()
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=Path(__file__).parent).stdout.strip()
     base = Path(args.workdir or tempfile.mkdtemp(prefix="emofuse-cacheio-", dir="/work" if Path("/work").is_dir() else None))
     sizes = []
     for spec in args.sizes:
@@ -210,7 +211,7 @@ def main() -> None:
 
     result = {
         "command": "python bench/cache_io.py " + " ".join(sys.argv[1:]),
-        "commit": subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=Path(__file__).parent).stdout.strip(),
+        "commit": commit,  # taken at the start: the code that ran
         "machine": {
             "platform": platform.platform(), "cpus": os.cpu_count(), "zarr": zarr.__version__, "numpy": np.__version__,
             "note": "shared, loaded 2-core VM (up to 8 concurrent sessions): times vary run to run; the ratios compare passes of the same run",

@@ -90,6 +90,7 @@ def main() -> None:
     ap.add_argument("--workdir", default=None)
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "cache_layout.json"))
     args = ap.parse_args()
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=Path(__file__).parent).stdout.strip()
     rng = np.random.default_rng(0)
     # Embedding-like values: a random pool, rows sliced from it (realistic fp16 entropy).
     pool = rng.standard_normal((8192, args.dim), dtype=np.float32).astype(np.float16)
@@ -146,7 +147,7 @@ def main() -> None:
         shutil.rmtree(path)
     out = {
         "command": "python bench/cache_layout.py " + " ".join(f"--{k} {v}" for k, v in (("rows", args.rows), ("dim", args.dim), ("rounds", args.rounds))),
-        "commit": subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=Path(__file__).parent).stdout.strip(),
+        "commit": commit,  # taken at the start: the code that ran
         "machine": {
             "platform": platform.platform(), "cpus": os.cpu_count(), "zarr": zarr.__version__,
             "note": "shared, loaded 2-core machine (8 concurrent sessions): compare ratios within this run, not times",
