@@ -54,9 +54,9 @@ FEATURE_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+\-]*$")
 
 # Sizing. Inner chunks are what a random read decodes; shards are what lands on disk as files.
 # zarr-python decodes a sharded array inner chunk by inner chunk, so the per-chunk cost
-# dominates a block scan with small chunks: 64-row (128 KiB) chunks scanned at ~0.05 of raw
-# read speed, 1024-row (2 MiB) chunks at ~2.5x that; the CRC32C per chunk costs little next
-# to it (bench/cache_layout.py, LAYOUT.md). Larger chunks make random single-utterance reads
+# dominates a block scan with small chunks: 64-row (128 KiB) chunks scanned at ~0.04 of raw
+# read speed, 1024-row (1.5 MiB) chunks at ~2x that; the CRC32C per chunk costs little next
+# to it (bench/cache_layout.py, LAYOUT.md). emofuse's own block reads bypass this (direct.py). Larger chunks make random single-utterance reads
 # decode more, which is why they are not larger still.
 TARGET_CHUNK_BYTES = 2 * 1024 * 1024
 TARGET_SHARD_BYTES = 64 * 1024 * 1024
