@@ -8,6 +8,7 @@ from .fingerprint import compute_fingerprint, diff_params
 from .layout import SCHEMA_MINOR, SCHEMA_VERSION
 from .reader import Cache, FeatureSet, open_cache
 from .table import NO_LABEL, UtteranceTable
+from .upgrade import outdated_feature_sets, upgrade_cache
 from .validate import check_feature_sets, validate
 from .writer import (
     FeaturePartWriter,
@@ -42,6 +43,8 @@ __all__ = [
     "is_cache",
     "merge_parts",
     "open_cache",
+    "outdated_feature_sets",
+    "upgrade_cache",
     "validate",
     "write_feature_set",
     "write_utterances",

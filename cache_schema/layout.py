@@ -14,8 +14,10 @@ SCHEMA_VERSION = 1
 KNOWN_SCHEMA_VERSIONS = (1,)
 # Minor version: additions a reader of the same major version may ignore (root attribute
 # `schema_minor`, absent = 0). 1.1 adds the feature-set attributes `fingerprint` and
-# `fingerprint_params` (LAYOUT.md, "Fingerprint").
-SCHEMA_MINOR = 1
+# `fingerprint_params` (LAYOUT.md, "Fingerprint"). 1.2 writes `values` with ~2 MiB inner chunks
+# instead of ~128 KiB (LAYOUT.md, "Chunking"; same codecs, so every 1.x reader reads it);
+# `fuse cache upgrade` rewrites older sets.
+SCHEMA_MINOR = 2
 
 ROOT_ATTR = "emofuse_cache"  # root attributes live under this one key
 UTTERANCES = "utterances"
@@ -51,14 +53,22 @@ FINGERPRINT_KEYS = ("fingerprint", "fingerprint_params")
 FEATURE_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+\-]*$")
 
 # Sizing. Inner chunks are what a random read decodes; shards are what lands on disk as files.
-TARGET_CHUNK_BYTES = 128 * 1024
+# zarr-python decodes a sharded array inner chunk by inner chunk, so the per-chunk cost
+# dominates a block scan with small chunks: 64-row (128 KiB) chunks scanned at ~0.04 of raw
+# read speed, 1024-row (1.5 MiB) chunks at ~2x that; the CRC32C per chunk costs little next
+# to it (bench/cache_layout.py, LAYOUT.md). emofuse's own block reads bypass this (direct.py). Larger chunks make random single-utterance reads
+# decode more, which is why they are not larger still.
+TARGET_CHUNK_BYTES = 2 * 1024 * 1024
 TARGET_SHARD_BYTES = 64 * 1024 * 1024
+# Inner-chunk target of each layout version (schema minor); 1.0 and 1.1 used 128 KiB.
+CHUNK_BYTES_BY_MINOR = {0: 128 * 1024, 1: 128 * 1024}
 
 
-def chunk_rows(dim: int, dtype: str) -> tuple[int, int]:
-    """Rows per inner chunk and per shard for a (rows, dim) values array."""
+def chunk_rows(dim: int, dtype: str, minor: int = SCHEMA_MINOR) -> tuple[int, int]:
+    """Rows per inner chunk and per shard for a (rows, dim) values array, as layout 1.`minor` sizes them."""
+    target = CHUNK_BYTES_BY_MINOR.get(minor, TARGET_CHUNK_BYTES)
     row_bytes = max(1, dim * np.dtype(dtype).itemsize)
-    inner = int(max(16, min(65536, 2 ** round(np.log2(max(1, TARGET_CHUNK_BYTES // row_bytes))))))
+    inner = int(max(16, min(65536, 2 ** round(np.log2(max(1, target // row_bytes))))))
     per_shard = max(1, TARGET_SHARD_BYTES // (inner * row_bytes))
     return inner, inner * per_shard
 

@@ -166,14 +166,20 @@ class FeatureSet:
     def block(self, start: int, stop: int) -> tuple[np.ndarray, np.ndarray]:
         """Values of utterances start..stop-1 as one contiguous read, with offsets from 0."""
         lo, hi = int(self.offsets[start]), int(self.offsets[stop])
-        with self._reading():
-            values = self.values[lo:hi]
-        return values, self.offsets[start : stop + 1] - lo
+        return self.block_rows(lo, hi), self.offsets[start : stop + 1] - lo
 
     def block_rows(self, lo: int, hi: int) -> np.ndarray:
         """Raw rows lo..hi-1 of `values`, regardless of utterance boundaries."""
         with self._reading():
+            if self._direct is not None:  # straight from the shard files (cache_schema/direct.py)
+                return self._direct.read_rows(int(lo), int(hi))
             return self.values[lo:hi]
+
+    @cached_property
+    def _direct(self):
+        from .direct import DirectValues
+
+        return DirectValues.eligible(self.directory / L.VALUES) if os.path.isdir(self.directory) else None
 
     def iter_blocks(self, target_rows: int | None = None) -> Iterator[tuple[int, int]]:
         """(start, stop) utterance ranges of about one shard of rows each, for streaming."""

@@ -26,9 +26,11 @@ import numpy as np
 import zarr
 
 from . import layout as L
+from .direct import DirectValues, write_shard
 from .errors import CacheError, NotACacheError
 from .ragged import lengths_to_offsets
 from .root import read_root_attrs
+from .store import require_local
 from .table import STRING_COLUMNS, UtteranceTable
 
 
@@ -37,12 +39,19 @@ def _now() -> str:
 
 
 @contextlib.contextmanager
-def cache_lock(path: str | os.PathLike) -> Iterator[None]:
-    """Exclusive lock on a cache for the duration of a mutation (waits for other writers)."""
-    path = Path(path)
+def cache_lock(path: str | os.PathLike, wait: bool = True) -> Iterator[None]:
+    """Exclusive lock on a cache for the duration of a mutation.
+
+    Waits for other writers; with `wait=False` raises CacheError at once if one holds it.
+    Every mutation takes this lock, so a URL (object storage is read-only) is refused here.
+    """
+    path = require_local(path, "writing a cache")
     path.mkdir(parents=True, exist_ok=True)
     with open(path / L.LOCK_FILE, "a+") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise CacheError(f"{path}: another process is writing this cache (it holds {L.LOCK_FILE}); try again when it has finished") from None
         try:
             yield
         finally:
@@ -200,7 +209,7 @@ def create_cache(path: str | os.PathLike, table: UtteranceTable) -> None:
     Updating keeps existing rows where they are and appends new utterances; an existing
     id whose text or labels changed is refused, naming the ids (see `write_utterances`).
     """
-    path = Path(path)
+    path = require_local(path, "writing a cache")
     if path.exists() and any(path.iterdir()) and not is_cache(path):
         raise NotACacheError(f"{path}: exists and is not an emofuse cache; refusing to write into it")
     _check_writable(path)
@@ -220,6 +229,7 @@ def create_cache(path: str | os.PathLike, table: UtteranceTable) -> None:
 
 
 def write_utterances(path: str | os.PathLike, table: UtteranceTable) -> None:
+    path = require_local(path, "writing a cache")
     _check_writable(Path(path))
     with cache_lock(path):
         _write_utterances_locked(Path(path), table)
@@ -376,36 +386,51 @@ class FeaturePartWriter:
 
 
 class _ShardAlignedAppender:
-    """Appends rows to a sharded array, writing whole shards so no shard is rewritten."""
+    """Appends rows to a sharded array, writing whole shards so no shard is rewritten.
 
-    def __init__(self, array: zarr.Array, shard_rows: int):
+    Rows are copied once, into a reused shard-sized buffer that is written when full: the
+    merge is linear in the data (concatenating the leftover rows on every flush, as before
+    1.2, copied them O(parts) times).
+    """
+
+    def __init__(self, array: zarr.Array, shard_rows: int, folder: Path | None = None):
         self.array, self.shard_rows = array, shard_rows
         self.written = 0
-        self._pending: list[np.ndarray] = []
-        self._pending_rows = 0
+        self._buffer = np.empty((min(shard_rows, max(1, array.shape[0])), array.shape[1]), dtype=array.dtype)
+        self._filled = 0
+        # Uncompressed sets are written shard by shard without zarr's per-chunk encode path
+        # (direct.write_shard: the same bytes); compressed ones through zarr.
+        self._direct = DirectValues.eligible(folder) if folder is not None else None
 
     def append(self, rows: np.ndarray) -> None:
-        if len(rows):
-            self._pending.append(rows)
-            self._pending_rows += len(rows)
-        while self._pending_rows >= self.shard_rows:
-            self._flush(self.shard_rows)
+        pos = 0
+        while pos < len(rows):
+            take = min(len(rows) - pos, len(self._buffer) - self._filled)
+            self._buffer[self._filled : self._filled + take] = rows[pos : pos + take]
+            self._filled += take
+            pos += take
+            if self._filled == len(self._buffer):
+                self._flush()
 
-    def _flush(self, n: int) -> None:
-        block = np.concatenate(self._pending, axis=0)
-        self.array[self.written : self.written + n] = block[:n]
-        self.written += n
-        rest = block[n:]
-        self._pending = [rest] if len(rest) else []
-        self._pending_rows = len(rest)
+    def _flush(self) -> None:
+        if self._direct is not None:
+            write_shard(self._direct, self.written // self.shard_rows, self._buffer[: self._filled])
+        else:
+            self.array[self.written : self.written + self._filled] = self._buffer[: self._filled]
+        self.written += self._filled
+        self._filled = 0
 
     def finish(self) -> None:
-        if self._pending_rows:
-            self._flush(self._pending_rows)
+        if self._filled:
+            self._flush()
+        if self.written != self.array.shape[0]:
+            raise CacheError(f"merge wrote {self.written} rows, expected {self.array.shape[0]}")
 
 
-def _create_values(group: zarr.Group, total_rows: int, dim: int, dtype: str, compression: str | None) -> tuple[zarr.Array, int]:
-    inner, shard = L.chunk_rows(dim, dtype)
+def _create_values(
+    group: zarr.Group, total_rows: int, dim: int, dtype: str, compression: str | None, minor: int = L.SCHEMA_MINOR
+) -> tuple[zarr.Array, int]:
+    inner, shard = L.chunk_rows(dim, dtype, minor)
     shard = max(inner, min(shard, -(-max(total_rows, 1) // inner) * inner))  # no shard larger than the data
     # Every inner chunk carries a CRC32C, so a flipped bit is an error rather than a new value;
     # NaN as the fill value makes a missing shard file visible instead of reading as zeros.
@@ -426,6 +451,12 @@ def _create_values(group: zarr.Group, total_rows: int, dim: int, dtype: str, com
     return arr, shard
 
 
+def values_layout_is_current(values: zarr.Array) -> bool:
+    """Whether a feature set's `values` has the inner chunking this version writes."""
+    inner, _ = L.chunk_rows(int(values.shape[1]), str(values.dtype))
+    return getattr(values, "shards", None) is not None and int(values.chunks[0]) == inner
+
+
 def _write_failures(group: zarr.Group, failures: Sequence[dict[str, Any]]) -> None:
     fg = group.create_group(L.FAILURES)
     n = len(failures)
@@ -442,13 +473,16 @@ def merge_parts(
     parts: Iterable[str | os.PathLike],
     attrs: dict[str, Any],
     compression: str | None = None,
+    layout_minor: int = L.SCHEMA_MINOR,
 ) -> None:
     """Combine job parts covering every utterance into `features/<name>`, atomically.
 
     `attrs` is the provenance (see layout.FEATURE_ATTR_KEYS); `dim`/`dtype` come from the
     parts. Replaces an existing feature set of that name; never touches other sets.
+    `layout_minor` writes the values chunking of an older layout (tests and benchmarks of
+    `fuse cache upgrade`; see layout.chunk_rows).
     """
-    cache = Path(cache)
+    cache = require_local(cache, "writing a cache")
     if not L.FEATURE_NAME_RE.match(name):
         raise CacheError(f"invalid feature-set name {name!r}")
     if not is_cache(cache):
@@ -467,39 +501,72 @@ def merge_parts(
     lengths = np.concatenate([g["lengths"][...] for g in groups])
     present = np.concatenate([g[L.PRESENT][...] for g in groups])
     failures = [f for g in groups for f in g.attrs["failures"]]
+    meta = {k: attrs.get(k) for k in L.FEATURE_ATTR_KEYS}
+    meta.update({k: v for k, v in attrs.items() if k not in meta})
+    meta.update(
+        {
+            "dim": dim,
+            "dtype": dtype,
+            "code_version": attrs.get("code_version") or L.producer_version(),
+            "created": _now(),
+            "n_present": int(present.sum()),
+            "n_failures": len(failures),
+            "compression": compression or "none",
+        }
+    )
+
+    def part_rows() -> Iterator[np.ndarray]:
+        for g in groups:
+            values = g[L.VALUES]
+            step = max(1, int(values.chunks[0]))  # one part chunk at a time: bounded memory
+            for lo in range(0, values.shape[0], step):
+                yield values[lo : lo + step]
 
     with cache_lock(cache):
         _remove_stale(cache)
-        staging = cache / L.STAGING / _staging_name(name)
+        _write_feature_set_locked(
+            cache, name, part_rows(), lengths_to_offsets(lengths), present, failures, meta, dim, dtype, compression, layout_minor
+        )
+
+
+def _write_feature_set_locked(
+    cache: Path,
+    name: str,
+    rows: Iterable[np.ndarray],
+    offsets: np.ndarray,
+    present: np.ndarray,
+    failures: Sequence[dict[str, Any]],
+    meta: dict[str, Any],
+    dim: int,
+    dtype: str,
+    compression: str | None,
+    layout_minor: int = L.SCHEMA_MINOR,
+) -> None:
+    """Stream `rows` (in order) into a staging group and swap it in as `features/<name>`.
+
+    Call with the cache lock held. A failure leaves the existing set as it was and removes
+    the staging group.
+    """
+    staging = cache / L.STAGING / _staging_name(name)
+    try:
         group = zarr.open_group(str(staging), mode="w")
-        offsets = lengths_to_offsets(lengths)
-        values, shard_rows = _create_values(group, int(offsets[-1]), dim, dtype, compression)
-        appender = _ShardAlignedAppender(values, shard_rows)
-        for g in groups:
-            appender.append(g[L.VALUES][...])
+        values, shard_rows = _create_values(group, int(offsets[-1]), dim, dtype, compression, layout_minor)
+        appender = _ShardAlignedAppender(values, shard_rows, staging / L.VALUES)
+        for block in rows:
+            appender.append(block)
         appender.finish()
         group.create_array(L.OFFSETS, shape=offsets.shape, dtype="int64", chunks=(max(1, min(len(offsets), 1 << 20)),))[
             ...
         ] = offsets
+        n = len(present)
         group.create_array(L.PRESENT, shape=present.shape, dtype="bool", chunks=(max(1, min(n, 1 << 20)),))[...] = present
         _write_failures(group, failures)
-        meta = {k: attrs.get(k) for k in L.FEATURE_ATTR_KEYS}
-        meta.update({k: v for k, v in attrs.items() if k not in meta})
-        meta.update(
-            {
-                "dim": dim,
-                "dtype": dtype,
-                "code_version": attrs.get("code_version") or L.producer_version(),
-                "created": _now(),
-                "n_present": int(present.sum()),
-                "n_failures": len(failures),
-                "compression": compression or "none",
-            }
-        )
         group.attrs.update(meta)
         (cache / L.FEATURES).mkdir(exist_ok=True)
         _swap_in(staging, cache / L.FEATURES / name, cache / L.TRASH)
-        _touch_root(zarr.open_group(str(cache), mode="a"))
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)  # gone already after a successful swap
+    _touch_root(zarr.open_group(str(cache), mode="a"))
 
 
 def _check_coverage(groups: list[zarr.Group], n: int, name: str) -> None:
@@ -525,7 +592,7 @@ def write_feature_set(
     compression: str | None = None,
 ) -> None:
     """Write a whole feature set in one call (one array or None per utterance, in table order)."""
-    cache = Path(cache)
+    cache = require_local(cache, "writing a cache")
     if dim is None:
         first = next((a for a in arrays if a is not None), None)
         if first is None:
@@ -547,7 +614,7 @@ def write_feature_set(
 
 
 def delete_feature_set(cache: str | os.PathLike, name: str) -> None:
-    cache = Path(cache)
+    cache = require_local(cache, "writing a cache")
     _check_writable(cache)
     with cache_lock(cache):
         target = cache / L.FEATURES / name

@@ -215,3 +215,22 @@ def test_s3_pull_round_trips_and_replaces_only_with_force(s3_endpoint, s3_cache,
     foreign = _run("cache", "pull", s3_cache, tmp_path / "mine", "--force", *_s3(s3_endpoint))
     assert foreign.exit_code == 2 and "is not an emofuse cache; refusing to replace it" in foreign.output
     assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
+
+
+@pytest.mark.parametrize("url", ["s3://bucket/feats.zarr", "memory://feats.zarr"])
+def test_every_cache_writer_refuses_a_url(url, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # a URL taken for a relative path would create s3:/... here
+    from cache_schema import CacheError, UtteranceTable, create_cache, delete_feature_set, merge_parts, write_utterances
+    from cache_schema.upgrade import upgrade_cache
+
+    table = UtteranceTable.from_records([{"id": "u1", "split": "train", "text": "hi"}])
+    for write in (
+        lambda: create_cache(url, table),
+        lambda: write_utterances(url, table),
+        lambda: merge_parts(url, "text.x", [tmp_path / "part"], {}),
+        lambda: delete_feature_set(url, "text.x"),
+        lambda: upgrade_cache(url),
+    ):
+        with pytest.raises(CacheError, match="read-only"):
+            write()
+    assert not any(p.name.startswith(("s3:", "memory:")) for p in tmp_path.iterdir())

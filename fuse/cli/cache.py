@@ -1,4 +1,4 @@
-"""`fuse cache info|validate PATH` (a folder or a URL), `fuse cache push|pull` (object storage)."""
+"""`fuse cache info|validate PATH` (a folder or a URL), `fuse cache upgrade PATH`, `fuse cache push|pull` (object storage)."""
 from __future__ import annotations
 
 import sys
@@ -140,3 +140,19 @@ def pull_command(url: str, local: str, force: bool, storage_option) -> None:
     except CacheError as exc:
         _fail(exc)
     _report_transfer(report)
+
+
+@cache.command("upgrade")
+@click.argument("path", type=click.Path())
+def upgrade_command(path: str) -> None:
+    """Rewrite PATH in place to the current layout (atomically, one feature set at a time).
+
+    Refuses when PATH is already current or another process is writing it.
+    """
+    from cache_schema import SCHEMA_MINOR, SCHEMA_VERSION, upgrade_cache
+
+    try:
+        names = upgrade_cache(path, progress=lambda name: click.echo(f"rewriting {name} ...", err=True))
+    except CacheError as exc:
+        _fail(exc)
+    click.echo(f"{path}: upgraded to schema {SCHEMA_VERSION}.{SCHEMA_MINOR} ({len(names)} feature set(s) rewritten: {', '.join(names) or 'none'})")
