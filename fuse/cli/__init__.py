@@ -15,6 +15,7 @@ _COMMANDS = {
     "explain": ("fuse.cli.explain", "explain"),
     "sweep": ("fuse.cli.sweep", "sweep"),
     "ablate": ("fuse.cli.ablate", "ablate"),
+    "robustness": ("fuse.cli.robustness", "robustness"),
 }
 
 _HELP = {
@@ -25,6 +26,7 @@ _HELP = {
     "explain": "Plot cross-modal attention for one utterance.",
     "sweep": "Run a grid of training configs against one cache.",
     "ablate": "Fused model vs each modality alone, same seeds.",
+    "robustness": "Score a run with each subset of its modalities missing.",
 }
 
 
