@@ -209,7 +209,7 @@ def test_robustness_table_for_every_subset(run):
 @pytest.mark.slow
 def test_training_with_modality_dropout_is_deterministic_and_changes_training(tmp_path):
     cache = make_synthetic_cache(tmp_path / "c.zarr")
-    base = dict(cache=str(cache), model="cmaf", epochs=2, batch_size=8, lr=1e-3, progress=False, tensorboard=False)
+    base = dict(cache=str(cache), model="late", epochs=2, batch_size=8, lr=3e-3, progress=False, tensorboard=False)
 
     def run_with(p, name):
         return train(TrainOptions(**base, out=str(tmp_path / name), modality_dropout=p), echo=lambda *_: None)
