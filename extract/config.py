@@ -146,6 +146,10 @@ def validate_config(config: Mapping[str, Any], source: str = "config") -> dict:
         if schema_ok:  # otherwise the schema has already named any unknown option
             problems.extend(check_encoder_options(encoder, f"{where}.encoder"))
         corpus_kind = corpus.get("kind") if isinstance(corpus, dict) else None
+        if isinstance(corpus, dict) and corpus.get("media") is False and encoder["kind"] != CSD_KIND:
+            reads = encoder_class(encoder["kind"]).modality
+            if reads in ("audio", "video"):
+                problems.append(f"config key '{where}.encoder.kind': {encoder['kind']!r} reads {reads} but corpus.media is false (no media)")
         if encoder["kind"] == CSD_KIND and corpus_kind != "mosei_csd":
             problems.append(
                 f"config key '{where}.encoder.kind': csd features need a corpus of kind mosei_csd (got corpus.kind {corpus_kind!r})"

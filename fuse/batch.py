@@ -41,6 +41,19 @@ class ModalityInput:
     def pin_memory(self) -> "ModalityInput":
         return ModalityInput(*(getattr(self, f.name).pin_memory() for f in fields(self)))
 
+    def hidden(self, rows: torch.Tensor, turns: slice = slice(None)) -> "ModalityInput":
+        """A copy in which `rows` ((B,) bool) are missing, as real missing data is: values 0,
+        mask False (over `turns`, the whole row by default) and `present` False where no real
+        frame/turn is left. Used for test-time modality drops and training modality dropout."""
+        values, mask = self.values.clone(), self.mask.clone()
+        hide = torch.zeros_like(mask)
+        hide[:, turns] = True
+        rows = rows.to(mask.device, torch.bool)
+        hide &= rows.unsqueeze(1)
+        mask &= ~hide
+        values[hide] = 0
+        return ModalityInput(values, mask, torch.where(rows, self.present & mask.any(dim=1), self.present))
+
 
 @dataclass
 class Batch:

@@ -34,6 +34,11 @@ from fuse.data.spec import DEFAULT_BLOCK_MB, DEFAULT_POOL_BLOCKS
 STRICT = ConfigDict(extra="forbid")
 DEFAULT_CONTEXT_TURNS = 10  # seed 1 Table 1 "Max Dialogue Length"
 NORMALISATIONS = ("auto", "global", "speaker", "none")
+# The `epochs` cap when none is given: generous, so that early stopping on dev (the model's
+# patience) decides how long a run trains, not the cap (issue 18: on MELD the seed's 15 and the
+# benchmark's 10 epochs stopped every run at its last epoch). The warmup and decay of the
+# learning-rate schedule are fractions of the cap's steps.
+DEFAULT_MAX_EPOCHS = 50
 
 
 class OptionsError(ValueError):
@@ -61,7 +66,9 @@ class LearningOptions:
 
     model: str = Field("cmaf", description="Model name (cma, agf, cmaf, carat, late, context).")
     task: Literal["auto", "single_label", "multi_label"] = Field("auto", description="auto: the one the cache's labels allow.")
-    epochs: int | None = Field(None, ge=1, description="Maximum epochs [model default].")
+    epochs: int | None = Field(
+        None, ge=1, description=f"Maximum epochs, a cap: early stopping (--patience on dev) normally ends training first [{DEFAULT_MAX_EPOCHS}]."
+    )
     batch_size: int | None = Field(None, ge=1, description="[model default]")
     lr: float | None = Field(None, gt=0, description="Peak learning rate [model default].")
     weight_decay: float | None = Field(None, ge=0, description="[model default]")
@@ -86,6 +93,9 @@ class LearningOptions:
     tune_threshold: bool = Field(False, description="Multi-label: pick the threshold on dev after training.")
     model_config: dict[str, Any] = Field(default_factory=dict, description="Model config override KEY=VALUE (repeatable).", json_schema_extra={"cli": "--set"})
     max_bad_steps: int = Field(5, ge=1, description="Stop after this many NaN/inf steps in a row.")
+    modality_dropout: float = Field(
+        0.0, ge=0, le=1, description="Training: hide each modality of each utterance with this probability (never all of them), 0 = off."
+    )
 
 
 @dataclass(config=STRICT)
@@ -142,7 +152,7 @@ RESUME_OVERRIDES = ("out", "model", "device", "progress", "tensorboard", "allow_
 NESTED = ("model_config", "max_len")
 # Options whose None means "the model's default_training value" (resolve_options fills them).
 MODEL_DEFAULTED = (
-    "epochs", "batch_size", "lr", "weight_decay", "warmup_ratio", "grad_clip", "patience", "amp", "scheduler",
+    "batch_size", "lr", "weight_decay", "warmup_ratio", "grad_clip", "patience", "amp", "scheduler",
     "adam_betas", "adam_eps", "exclude_norm_and_bias", "coef_lr", "coef_lr_group", "drop_last",
 )  # fmt: skip  # options whose keys a sweep may set one by one (model_config.dropout)
 
@@ -225,7 +235,9 @@ def _check_model_config(model: str, settings: dict[str, Any], source: str) -> di
 def resolve_options(options: TrainOptions) -> TrainOptions:
     """Fill every None hyperparameter from the model's default_training; fix out and cache.
 
-    The cache path becomes absolute (so --resume and evaluate work from any directory) and
+    The cache path becomes absolute (so --resume and evaluate work from any directory),
+    `epochs` defaults to the generous cap DEFAULT_MAX_EPOCHS (early stopping decides; the
+    models' `default_training.epochs` is their seed's length, for `--epochs` to reproduce) and
     `context_turns` defaults to 10 for models that read dialogue context, else 0.
     """
     from cache_schema import store as cache_store
@@ -238,6 +250,8 @@ def resolve_options(options: TrainOptions) -> TrainOptions:
     for name in MODEL_DEFAULTED:
         if getattr(options, name) is None:
             changes[name] = _plain(getattr(defaults, name))
+    if options.epochs is None:
+        changes["epochs"] = DEFAULT_MAX_EPOCHS
     if options.lr_decay_per_epoch is None:
         changes["lr_decay_per_epoch"] = defaults.lr_decay_per_epoch or 1.0
     changes["max_len"] = {**defaults.max_len, **options.max_len}

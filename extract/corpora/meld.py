@@ -123,6 +123,7 @@ def load_meld(
     csv_pattern: str = DEFAULT_CSV_PATTERN,
     repair_text: bool = True,
     dataset: str = "meld",
+    media: bool = True,
     report: dict | None = None,
 ) -> UtteranceTable:
     """Load MELD transcripts (+ media references) as an UtteranceTable.
@@ -133,10 +134,14 @@ def load_meld(
     split_dir (from split_dirs, default MELD's folder names), dialogue, utterance.
     audio_pattern: same fields, for separately extracted audio (default: the clip itself).
     repair_text: apply `repair_mojibake` to utterances and speakers.
+    media: false says the corpus has no media (text only, e.g. MELD's CSVs without MELD.Raw):
+    no clip is looked up, every media path is "" and no "clips not found" summary is logged.
     """
     root_path = Path(root).expanduser().resolve()
     if not root_path.is_dir():
         raise CorpusError(f"MELD root {root_path} is not a folder")
+    if not media and (media_root or audio_pattern):
+        raise CorpusError(f"MELD root {root_path}: media is false (no media) but {'media_root' if media_root else 'audio_pattern'} is set")
     media_path = Path(media_root).expanduser().resolve() if media_root else root_path
     dirs = dict(DEFAULT_SPLIT_DIRS)
     dirs.update(split_dirs or {})
@@ -168,13 +173,15 @@ def load_meld(
     for split in chosen:
         csv_file = root_path / csv_pattern.format(split=split)
         records.extend(
-            _read_split(csv_file, split, dirs[split], media_path, media_pattern, audio_pattern, repair_text, dataset, repaired_ids)
+            _read_split(csv_file, split, dirs[split], media_path, media_pattern, audio_pattern, repair_text, dataset, repaired_ids, media)
         )
 
     missing_media = sum(1 for r in records if r["media_missing_reason"])
     if repaired_ids:
         log.info("MELD: repaired mojibake in %d rows (first: %s)", len(repaired_ids), repaired_ids[:5])
-    if missing_media:
+    if not media:
+        log.info("MELD: corpus.media is false: text only, no clips looked up")
+    elif missing_media:
         log.warning("MELD: %d of %d clips not found under %s", missing_media, len(records), media_path)
     if report is not None:
         report.update(
@@ -184,6 +191,7 @@ def load_meld(
                 "rows": len(records),
                 "mojibake_repaired_rows": len(repaired_ids),
                 "mojibake_repaired_ids": repaired_ids,
+                "media": bool(media),
                 "media_missing": missing_media,
                 "empty_text_rows": sum(1 for r in records if not r["text"].strip()),
             }
@@ -201,6 +209,7 @@ def _read_split(
     repair_text: bool,
     dataset: str,
     repaired_ids: list[str],
+    media: bool = True,
 ) -> list[dict[str, Any]]:
     try:
         with open(csv_file, encoding="utf-8-sig", newline="") as handle:
@@ -269,9 +278,9 @@ def _read_split(
         video = media_path / media_pattern.format(**fields)
         audio = media_path / audio_pattern.format(**fields) if audio_pattern else video
         reasons = []
-        if not os.path.isfile(video):
+        if media and not os.path.isfile(video):
             reasons.append(f"clip not found: {video}")
-        if audio_pattern and not os.path.isfile(audio):
+        if media and audio_pattern and not os.path.isfile(audio):
             reasons.append(f"audio not found: {audio}")
         records.append(
             {
@@ -286,8 +295,8 @@ def _read_split(
                 "end": None,
                 "label": emotion,
                 "sentiment": MELD_SENTIMENTS[sentiment],
-                "audio_path": str(audio) if os.path.isfile(audio) else "",
-                "video_path": str(video) if os.path.isfile(video) else "",
+                "audio_path": str(audio) if media and os.path.isfile(audio) else "",
+                "video_path": str(video) if media and os.path.isfile(video) else "",
                 "media_missing_reason": "; ".join(reasons),
                 "season": season,
                 "episode": episode,

@@ -16,6 +16,7 @@ _COMMANDS = {
     "sweep": ("fuse.cli.sweep", "sweep"),
     "ablate": ("fuse.cli.ablate", "ablate"),
     "tune": ("fuse.cli.tune", "tune"),
+    "robustness": ("fuse.cli.robustness", "robustness"),
 }
 
 _HELP = {
@@ -27,6 +28,7 @@ _HELP = {
     "sweep": "Run a grid of training configs against one cache.",
     "ablate": "Fused model vs each modality alone, same seeds.",
     "tune": "Search hyperparameters with Optuna (dev split only).",
+    "robustness": "Score a run with each subset of its modalities missing.",
 }
 
 

@@ -26,13 +26,18 @@ class Predictions:
 
 
 @torch.no_grad()
-def infer(model, data, indices, batch_size: int, device, amp: bool = False, with_labels: bool = True) -> Predictions:
-    """Probabilities (and gate weights) of `indices`, batched by length, returned in row order."""
+def infer(model, data, indices, batch_size: int, device, amp: bool = False, with_labels: bool = True, drop: tuple[str, ...] = ()) -> Predictions:
+    """Probabilities (and gate weights) of `indices`, batched by length, returned in row order.
+
+    `drop`: modalities treated as missing for every utterance (`fuse.robustness.without_modalities`).
+    """
+    from fuse.robustness import without_modalities
+
     autocast, _ = autocast_for(torch.device(device), amp)
     model.eval()
     rows, probs, gates, names, loss_sum, loss_n = [], [], [], (), 0.0, 0
     for batch in data.batches(np.asarray(indices), batch_size, shuffle=False, bucket=True, with_labels=with_labels):
-        batch = batch.to(device)
+        batch = without_modalities(batch, drop).to(device)
         with autocast():
             out = model(batch)
         logits = out.logits.float()

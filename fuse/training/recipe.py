@@ -57,6 +57,7 @@ from fuse.runs.provenance import provenance
 from fuse.training import distributed
 from fuse.training.errors import TrainingDiverged, TrainingError
 from fuse.training.inputs import build_training_data
+from fuse.training.modality_dropout import ModalityDropout
 from fuse.training.optim import build_optimizer, build_scheduler
 from fuse.training.report import save_attention_example, save_plots
 
@@ -94,6 +95,7 @@ class TrainingRecipe:
             return
         seed_everything(self.options.seed, self.options.deterministic)
         self._setup_data(data, state)
+        self.modality_dropout = ModalityDropout(self.options.modality_dropout, self.options.seed, self.data.n, tuple(self.data.feature_sets))
         self._setup_model()
         self._setup_optimizer()
         if state is not None:
@@ -239,7 +241,8 @@ class TrainingRecipe:
     def train(self) -> RunResult:
         if self.finished_before is not None:
             return self.finished_before
-        options, self.stop_reason = self.options, f"completed {self.options.epochs} epochs"
+        options = self.options
+        self.stop_reason = f"stopped by the epochs cap ({options.epochs}), not by early stopping (patience {options.patience})"
         for epoch in range(self.start_epoch, options.epochs):
             started = time.time()
             losses, parts, skipped = self.train_epoch(epoch)
@@ -297,6 +300,7 @@ class TrainingRecipe:
         for step, batch in enumerate(bar):
             n_here = batch.size
             batch = batch if n_here else self.stand_in
+            batch = self.modality_dropout(batch, epoch)
             batch = (batch.pin_memory() if self.pin_memory else batch).to(self.device, non_blocking=True)
             with self.autocast():
                 output = self.train_model(batch)
@@ -384,6 +388,7 @@ class TrainingRecipe:
             "threshold": self.threshold if self.task == "multi_label" else None,
             "threshold_tuned_on_dev": tuned,
             "stop_reason": self.stop_reason,
+            "stopped_by": "early_stopping" if self.stop_reason.startswith("early stop") else "epochs_cap",
             "skipped_steps": self.skipped_total,
             "dev_split": self.data_record["summary"]["dev_split"],
             "seed": self.options.seed,
@@ -401,6 +406,8 @@ class TrainingRecipe:
         shown = self.rows["test"] if len(self.rows["test"]) else self.rows["dev"]
         example = save_attention_example(self.run_dir, self.model, self.data, shown, self.device, self.options.model)
         self.echo(f"{self.stop_reason}; best epoch {self.best_epoch + 1} ({self.metric} {self.best_value:.4f} on dev)")
+        if self.stop_reason.startswith("stopped by the epochs cap") and self.epochs_without_gain == 0:
+            self.echo(f"warning: the best epoch is the last allowed one ({self.options.epochs}); dev was still improving, raise --epochs")
         self.echo(M.format_table(by_split, self.task))
         self.echo(f"metrics: {self.run_dir / 'metrics.json'}")
         self.echo("plots:\n" + "\n".join(f"  {p}" for p in plots + ([example] if example else [])))
