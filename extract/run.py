@@ -397,8 +397,12 @@ def run_part(value: dict, runtime: dict, shard_file: str, out: str, encoder=None
         build = _encode_rows
     result = PartResult()
     writer = _LazyWriter(lambda d: FeaturePartWriter(out, shard["row_start"], shard["row_stop"], d, value["dtype"]), dim)
-    provenance = build(value, runtime, shard, writer, result, where, encoder=encoder)
-    writer.ensure(int(provenance["dim"]))
+    try:
+        provenance = build(value, runtime, shard, writer, result, where, encoder=encoder)
+        writer.ensure(int(provenance["dim"]))
+    except BaseException:
+        writer.abort()  # the unfinished part goes; a rerun starts this shard afresh
+        raise
     n = shard["row_stop"] - shard["row_start"]
     stats = {
         "utterances": n,
@@ -407,6 +411,7 @@ def run_part(value: dict, runtime: dict, shard_file: str, out: str, encoder=None
         "failure_reasons": dict(result.reasons),
         "load_seconds": round(result.load_seconds, 3),
         "encode_seconds": round(result.encode_seconds, 3),
+        "peak_buffer_bytes": writer.peak_held_bytes,  # feature values held in memory at once (bounded)
         **result.extra,
     }
     started = time.perf_counter()
@@ -422,8 +427,9 @@ def run_part(value: dict, runtime: dict, shard_file: str, out: str, encoder=None
 class _LazyWriter:
     """A FeaturePartWriter created once the encoder (and so `dim`) is known.
 
-    Failures are buffered and handed over in row order at close, so a part's failure table
-    reads like the corpus (pre-checked missing media and encoder errors arrive interleaved).
+    The writer writes rows as they complete (bounded memory; see FeaturePartWriter), so
+    failures go to it at once; any recorded before it exists wait here. It sorts its
+    failure table by row, so the part reads like the corpus however results arrived.
     """
 
     def __init__(self, factory, dim: int | None):
@@ -435,17 +441,29 @@ class _LazyWriter:
     def ensure(self, dim: int) -> None:
         if self._writer is None:
             self._writer = self._factory(dim)
+            for failure in self._failures:
+                self._writer.fail(*failure)
+            self._failures = []
 
     def put(self, row: int, array: np.ndarray) -> None:
         self._writer.put(row, array)
 
     def fail(self, row: int, uid: str, file: str, reason: str) -> None:
-        self._failures.append((row, uid, file, reason))
+        if self._writer is None:
+            self._failures.append((row, uid, file, reason))
+        else:
+            self._writer.fail(row, uid, file, reason)
 
     def close(self, attrs: dict) -> Path:
-        for failure in sorted(self._failures, key=lambda f: f[0]):
-            self._writer.fail(*failure)
         return self._writer.close(attrs)
+
+    @property
+    def peak_held_bytes(self) -> int:
+        return self._writer.peak_held_bytes
+
+    def abort(self) -> None:
+        if self._writer is not None:
+            self._writer.abort()
 
 
 # ------------------------------------------------------------------------------ merge
