@@ -125,10 +125,14 @@ def _as_list(batch):
     return list(batch)
 
 
-def _encode_isolating_failures(encoder: Encoder, prepared: list[tuple[int, str, PreparedItem]]) -> Iterator[EncodeResult]:
+def _encode_isolating_failures(encoder: Encoder, prepared: list[tuple[int, str, PreparedItem]], timings: dict) -> Iterator[EncodeResult]:
     items = [item for _, _, item in prepared]
     try:
-        outputs = encoder.encode_batch(items)
+        started = time.perf_counter()
+        try:
+            outputs = encoder.encode_batch(items)
+        finally:
+            timings["forward_seconds"] = timings.get("forward_seconds", 0.0) + time.perf_counter() - started
         if len(outputs) != len(items):
             raise RuntimeError(f"{type(encoder).__name__}.encode_batch returned {len(outputs)} arrays for {len(items)} items")
     except Exception as batch_error:
@@ -139,7 +143,7 @@ def _encode_isolating_failures(encoder: Encoder, prepared: list[tuple[int, str, 
         log.warning("batch of %d failed (%s); retrying its utterances one by one", len(items), batch_error)
         _free_accelerator_memory()
         for one in prepared:
-            yield from _encode_isolating_failures(encoder, [one])
+            yield from _encode_isolating_failures(encoder, [one], timings)
         return
     for (index, utterance_id, item), features in zip(prepared, outputs):
         yield _checked(EncodeResult(index, utterance_id, features=features, info=item.info), encoder.dim)
@@ -180,6 +184,7 @@ def encode_utterances(
     lengths: Sequence[float] | None = None,
     on_batch: Callable[[list[EncodeResult]], None] | None = None,
     window_batches: int | None = 8,
+    timings: dict | None = None,
 ) -> Iterator[EncodeResult]:
     """Encode ``utterances`` with ``encoder``; yield one EncodeResult per utterance.
 
@@ -190,14 +195,17 @@ def encode_utterances(
     ``on_batch``: optional callback with each batch's results (e.g. to write them).
     ``window_batches``: bucket within windows of ``window_batches x max_batch`` utterances
     (None: the whole input at once), which bounds how far ahead of input order results come.
+    ``timings``: a dict that gets ``forward_seconds``, the time spent in ``encode_batch``.
     """
     import torch.utils.data
     from tqdm.auto import tqdm
 
-    prepared = None
+    timings = {} if timings is None else timings
+
+    upfront = None
     if lengths is None and encoder.length_from_prepare:
-        prepared = [_prepare(encoder, utterance) for utterance in utterances]
-        lengths = [1.0 if isinstance(item, BaseException) else encoder.prepared_length(item) for item in prepared]
+        upfront = [_prepare(encoder, utterance) for utterance in utterances]
+        lengths = [1.0 if isinstance(item, BaseException) else encoder.prepared_length(item) for item in upfront]
         num_workers = 0  # nothing is left for workers to do
     elif lengths is None:
         lengths = [encoder.length_hint(utterance) for utterance in utterances]
@@ -209,7 +217,7 @@ def encode_utterances(
     batches = bucket_batches(lengths, max_tokens=max_cost or encoder.default_max_cost, max_batch=max_batch,
                              window=None if window_batches is None else window_batches * max_batch)
     loader = torch.utils.data.DataLoader(
-        _PreparedUtterances(encoder, utterances, prepared),
+        _PreparedUtterances(encoder, utterances, upfront),
         batch_sampler=batches,
         collate_fn=_as_list,
         num_workers=num_workers,
@@ -224,7 +232,7 @@ def encode_utterances(
             results = [EncodeResult(i, uid, error=item) for i, uid, item in batch if isinstance(item, BaseException)]
             prepared = [(i, uid, item) for i, uid, item in batch if not isinstance(item, BaseException)]
             if prepared:
-                results.extend(_encode_isolating_failures(encoder, prepared))
+                results.extend(_encode_isolating_failures(encoder, prepared, timings))
             failures += sum(not result.ok for result in results)
             if on_batch is not None:
                 on_batch(results)
