@@ -184,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
         demo_seconds = time.perf_counter() - started
         demo_corpus = {"kind": "meld", "root": str(root / "demo")}
         text = {"name": "text.minilm", "encoder": {"kind": "hf-text", "checkpoint": MINILM}, "dtype": "float16", "device": "cpu", "threads": args.cores}
-        audio = {"name": "audio.w2v2-base-random", "encoder": {"kind": "hf-audio", "checkpoint": str(random_wav2vec2(root / "w2v2", args.audio_size))},
+        audio = {"name": f"audio.w2v2-{args.audio_size}-random", "encoder": {"kind": "hf-audio", "checkpoint": str(random_wav2vec2(root / "w2v2", args.audio_size))},
                  "dtype": "float16", "device": "cpu", "threads": args.cores}
         plans = {"text-demo": (demo_corpus, text, 64), "audio-demo": (demo_corpus, audio, 64)}
         manifest = meld_manifest(root / "meld.csv", args.text_n) if args.text_n and "text-meld" in arms else None

@@ -517,3 +517,28 @@ def test_killed_run_resumes_to_an_identical_cache(tmp_path, tiny_bert, start_sna
     got, expected = feature_arrays(killed / "feats.zarr", "text.tiny-bert"), feature_arrays(reference, "text.tiny-bert")
     for a, b in zip(got, expected):
         assert a.dtype == b.dtype and np.array_equal(a, b)  # bit-identical
+
+
+def test_parts_job_keeps_current_parts_without_loading_the_encoder(tmp_path, tiny_bert, monkeypatch):
+    from extract import run
+
+    manifest = write_manifest(tmp_path / "m.csv", text_rows(5))
+    config = validate_config(text_config(tmp_path, manifest, tiny_bert))
+    spec = feature_specs(config)["text.tiny-bert"]
+    index = run.run_table(config["corpus"], config["cache"], config["work_dir"], 2, str(tmp_path / "index.json"))
+    shards = [str(tmp_path / "work" / "shards" / f"shard-{entry['name']}.json") for entry in index["shards"]]
+    parts = tmp_path / "work" / "parts" / spec.name
+    first = run.run_parts(spec.value_config(), spec.runtime().as_dict(), shards, str(parts), str(tmp_path / "r1.json"))
+    assert first["extracted"] == 3 and first["load_seconds"] > 0  # three shards, one model load
+    stamps = [(parts / f"shard-{e['name']}.zarr" / "zarr.json").stat().st_mtime_ns for e in index["shards"]]
+
+    def no_load(*args, **kwargs):
+        raise AssertionError("the encoder was loaded although every part is current")
+
+    monkeypatch.setattr(run, "build_encoder", no_load)
+    second = run.run_parts(spec.value_config(), spec.runtime().as_dict(), shards, str(parts), str(tmp_path / "r2.json"))
+    assert second["extracted"] == 0 and json.loads((tmp_path / "r2.json").read_text())["parts"][0]["extracted"] is False
+    assert [(parts / f"shard-{e['name']}.zarr" / "zarr.json").stat().st_mtime_ns for e in index["shards"]] == stamps
+    changed = {**spec.value_config(), "dtype": "float16"}  # what the values depend on changed: stale, so it loads
+    with pytest.raises(AssertionError, match="encoder was loaded"):
+        run.run_parts(changed, spec.runtime().as_dict(), shards, str(parts), str(tmp_path / "r3.json"))
