@@ -308,21 +308,43 @@ def _write_utterances_locked(path: Path, table: UtteranceTable) -> None:
 
 
 class FeaturePartWriter:
-    """Collects one job's per-utterance arrays and writes them as a part at `close()`.
+    """Writes one job's per-utterance arrays into a part as they arrive, in bounded memory.
 
     Rows are absolute indices into the utterance table and must lie in [row_start, row_stop).
-    They may arrive in any order (length-bucketed batches do that); the part is written
-    sorted. The part appears atomically (written beside its final path, then renamed), so
-    a killed job leaves no part and the workflow simply runs it again.
+    They may arrive in any order (length-bucketed batches do that); values are stored in row
+    order, so a row is held until every row before it has arrived (`put` or `fail`), then
+    written with its neighbours in whole chunks of about `flush_bytes`. Memory held is the
+    rows that arrived ahead of an earlier one plus one chunk: with batches bucketed inside
+    windows of rows (extract.batching), one window. The part appears atomically (written
+    beside its final path, then renamed at `close()`), so a killed job leaves no part and the
+    workflow simply runs it again; `abort()` removes the unfinished one.
     """
 
-    def __init__(self, path: str | os.PathLike, row_start: int, row_stop: int, dim: int, dtype: str = "float16"):
+    FLUSH_BYTES = 8 << 20  # one values chunk; big enough that a chunk write is a plain large write
+
+    def __init__(self, path: str | os.PathLike, row_start: int, row_stop: int, dim: int, dtype: str = "float16",
+                 flush_bytes: int | None = None):
         if dtype not in L.VALUE_DTYPES:
             raise CacheError(f"dtype must be one of {L.VALUE_DTYPES}, got {dtype!r}")
         self.path = Path(path)
         self.row_start, self.row_stop, self.dim, self.dtype = int(row_start), int(row_stop), int(dim), dtype
-        self._arrays: dict[int, np.ndarray] = {}
         self.failures: list[dict[str, Any]] = []
+        n = self.row_stop - self.row_start
+        self._lengths = np.zeros(n, dtype=np.int64)
+        self._present = np.zeros(n, dtype=bool)
+        self._arrived = np.zeros(n, dtype=bool)
+        self._waiting: dict[int, np.ndarray] = {}  # arrived ahead of an earlier row (relative index)
+        self._next = 0  # first relative row not yet handed to the chunk buffer
+        self._buffer: list[np.ndarray] = []
+        self._buffer_rows = 0
+        self.held_bytes = 0  # bytes of values in memory now; peak_held_bytes: the most at once
+        self.peak_held_bytes = 0
+        itemsize = np.dtype(dtype).itemsize
+        self._chunk_rows = max(1, int(flush_bytes or self.FLUSH_BYTES) // (self.dim * itemsize))
+        self._tmp = self.path.with_name(self.path.name + f".tmp-{uuid.uuid4().hex[:8]}")
+        self._group = zarr.open_group(str(self._tmp), mode="w")
+        self._values = self._group.create_array(L.VALUES, shape=(0, self.dim), dtype=dtype, chunks=(self._chunk_rows, self.dim))
+        self._written = 0  # value rows (frames) on disk
 
     def put(self, row: int, array: np.ndarray) -> None:
         self._check_row(row)
@@ -339,50 +361,84 @@ class FeaturePartWriter:
             stored = array.astype(self.dtype, copy=False)
         if not np.isfinite(stored).all():  # finite in float32, overflowed in float16
             raise CacheError(f"row {row}: values exceed the {self.dtype} range (max {np.finfo(self.dtype).max:g}); store as float32")
-        self._arrays[row] = stored
+        i = self._arrive(row)
+        if i in self._waiting:  # a second put replaces the first (not yet written)
+            self.held_bytes -= self._waiting[i].nbytes
+        self._waiting[i] = np.array(stored, copy=True) if stored is array else stored
+        self._lengths[i], self._present[i] = stored.shape[0], True
+        self._hold(stored.nbytes)
+        self._advance()
 
     def fail(self, row: int, utterance_id: str, file: str, reason: str) -> None:
         self._check_row(row)
-        self._arrays.pop(row, None)
+        i = self._arrive(row)
+        dropped = self._waiting.pop(i, None)
+        if dropped is not None:
+            self.held_bytes -= dropped.nbytes
+        self._lengths[i], self._present[i] = 0, False
         self.failures.append({"row": int(row), "utterance_id": str(utterance_id), "file": str(file or ""), "reason": str(reason)})
+        self._advance()
 
     def _check_row(self, row: int) -> None:
         if not self.row_start <= row < self.row_stop:
             raise CacheError(f"row {row} outside this part's range [{self.row_start}, {self.row_stop})")
 
+    def _arrive(self, row: int) -> int:
+        i = row - self.row_start
+        if i < self._next:
+            raise CacheError(f"row {row} was already written to the part; each row is put or failed once")
+        self._arrived[i] = True
+        return i
+
+    def _hold(self, nbytes: int) -> None:
+        self.held_bytes += nbytes
+        self.peak_held_bytes = max(self.peak_held_bytes, self.held_bytes)
+
+    def _advance(self, final: bool = False) -> None:
+        """Move the rows that are now in order into the buffer; write its whole chunks."""
+        n = len(self._arrived)
+        while self._next < n and (final or self._arrived[self._next]):
+            array = self._waiting.pop(self._next, None)
+            if array is not None:
+                self._buffer.append(array)
+                self._buffer_rows += array.shape[0]
+            self._next += 1
+        if self._buffer_rows >= self._chunk_rows or (final and self._buffer_rows):
+            block = np.concatenate(self._buffer, axis=0)
+            keep = len(block) if final else len(block) // self._chunk_rows * self._chunk_rows
+            self._values.resize((self._written + keep, self.dim))
+            self._values[self._written : self._written + keep] = block[:keep]
+            self._written += keep
+            rest = block[keep:]  # less than one chunk: copied once more, so each value is copied O(1) times
+            self._buffer = [rest] if len(rest) else []
+            self._buffer_rows = len(rest)
+            self.held_bytes -= block[:keep].nbytes
+
     def close(self, attrs: dict[str, Any] | None = None) -> Path:
+        self._advance(final=True)  # rows never put nor failed are absent (present False)
         n = self.row_stop - self.row_start
-        lengths = np.zeros(n, dtype=np.int64)
-        present = np.zeros(n, dtype=bool)
-        for row, arr in self._arrays.items():
-            lengths[row - self.row_start] = arr.shape[0]
-            present[row - self.row_start] = True
-        values = (
-            np.concatenate([self._arrays[r] for r in sorted(self._arrays)], axis=0)
-            if self._arrays
-            else np.zeros((0, self.dim), dtype=self.dtype)
-        )
-        tmp = self.path.with_name(self.path.name + f".tmp-{uuid.uuid4().hex[:8]}")
-        group = zarr.open_group(str(tmp), mode="w")
-        rows_chunk = max(1, min(len(values), 65536))
-        group.create_array(L.VALUES, shape=values.shape, dtype=self.dtype, chunks=(rows_chunk, self.dim))[...] = values
-        group.create_array("lengths", shape=(n,), dtype="int64", chunks=(max(1, n),))[...] = lengths
-        group.create_array(L.PRESENT, shape=(n,), dtype="bool", chunks=(max(1, n),))[...] = present
+        group = self._group
+        group.create_array("lengths", shape=(n,), dtype="int64", chunks=(max(1, n),))[...] = self._lengths
+        group.create_array(L.PRESENT, shape=(n,), dtype="bool", chunks=(max(1, n),))[...] = self._present
         group.attrs.update(
             {
                 "row_start": self.row_start,
                 "row_stop": self.row_stop,
                 "dim": self.dim,
                 "dtype": self.dtype,
-                "failures": self.failures,
+                "failures": sorted(self.failures, key=lambda f: f["row"]),  # table order, however rows arrived
                 "attrs": attrs or {},
             }
         )
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if self.path.exists():
             shutil.rmtree(self.path)
-        os.rename(tmp, self.path)
+        os.rename(self._tmp, self.path)
         return self.path
+
+    def abort(self) -> None:
+        """Remove the unfinished part (a failed job); the final path is never touched."""
+        shutil.rmtree(self._tmp, ignore_errors=True)
 
 
 class _ShardAlignedAppender:

@@ -4,7 +4,12 @@
   out-of-memory batch shows up at once) and fills each batch until its padded cost
   ``batch size x longest length`` would exceed ``max_tokens`` or it holds ``max_batch`` items.
   An item longer than the budget gets a batch of its own. Never one utterance at a time
-  unless the budget forces it.
+  unless the budget forces it. With ``window``, utterances are bucketed within consecutive
+  windows of that many, so results come back roughly in input order and a part writer holds
+  at most one window of features (cache_schema.FeaturePartWriter writes as rows complete).
+* Encoders whose ``prepare`` is cheap and gives the exact length (``length_from_prepare``:
+  the text encoders) are prepared once, up front, and bucketed by that length: text is
+  tokenised once per utterance, not once for the hint and again in a worker.
 * :func:`encode_utterances` feeds those batches through a ``torch.utils.data.DataLoader``
   whose workers run ``encoder.prepare`` (tokenising, decoding media), collates them as a plain
   list, and runs ``encoder.encode_batch`` in the main process. Every utterance comes back as
@@ -31,18 +36,26 @@ from .encoders.base import Encoder, PreparedItem, utterance_field
 log = logging.getLogger(__name__)
 
 
-def bucket_batches(lengths: Sequence[float], max_tokens: float, max_batch: int = 32) -> list[list[int]]:
+def bucket_batches(lengths: Sequence[float], max_tokens: float, max_batch: int = 32, window: int | None = None) -> list[list[int]]:
     """Group indices of ``lengths`` into batches of similar length under a padded-cost budget.
 
     Each batch satisfies ``len(batch) <= max_batch`` and ``len(batch) * max(lengths[batch])
     <= max_tokens``, except a single item longer than ``max_tokens``, which is alone.
-    Batches are returned longest first; every index appears exactly once.
+    Batches are returned longest first; every index appears exactly once. ``window``: bucket
+    each run of ``window`` consecutive indices on its own (windows in order), so no batch
+    mixes indices more than one window apart.
     """
     if max_tokens <= 0 or max_batch < 1:
         raise ValueError(f"need max_tokens > 0 and max_batch >= 1, got {max_tokens}, {max_batch}")
     lengths = np.asarray(lengths, dtype=np.float64)
     if lengths.ndim != 1 or (len(lengths) and (not np.isfinite(lengths).all() or (lengths < 0).any())):
         raise ValueError("lengths must be a 1-D sequence of finite numbers >= 0")
+    if window is not None:
+        if window < 1:
+            raise ValueError(f"need window >= 1, got {window}")
+        return [[start + i for i in batch]
+                for start in range(0, len(lengths), window)
+                for batch in bucket_batches(lengths[start : start + window], max_tokens, max_batch)]
     order = np.argsort(-lengths, kind="stable")
     batches: list[list[int]] = []
     current: list[int] = []
@@ -79,12 +92,23 @@ class EncodeResult:
         return None if self.error is None else f"{type(self.error).__name__}: {self.error}"
 
 
-class _PreparedUtterances:
-    """Map-style dataset: i -> (i, utterance_id, PreparedItem or the exception prepare raised)."""
+def _prepare(encoder: Encoder, utterance: Any) -> PreparedItem | BaseException:
+    try:
+        return encoder.prepare(utterance)
+    except Exception as error:  # recorded per utterance; KeyboardInterrupt etc. still stop the run
+        return error
 
-    def __init__(self, encoder: Encoder, utterances: Sequence[Any]):
+
+class _PreparedUtterances:
+    """Map-style dataset: i -> (i, utterance_id, PreparedItem or the exception prepare raised).
+
+    ``prepared``: items already prepared (``length_from_prepare`` encoders), handed out as they are.
+    """
+
+    def __init__(self, encoder: Encoder, utterances: Sequence[Any], prepared: Sequence[Any] | None = None):
         self.encoder = encoder
         self.utterances = utterances
+        self.prepared = prepared
 
     def __len__(self) -> int:
         return len(self.utterances)
@@ -92,20 +116,23 @@ class _PreparedUtterances:
     def __getitem__(self, index: int):
         utterance = self.utterances[index]
         utterance_id = utterance_field(utterance, "utterance_id")
-        try:
-            return index, utterance_id, self.encoder.prepare(utterance)
-        except Exception as error:  # recorded per utterance; KeyboardInterrupt etc. still stop the run
-            return index, utterance_id, error
+        if self.prepared is not None:
+            return index, utterance_id, self.prepared[index]
+        return index, utterance_id, _prepare(self.encoder, utterance)
 
 
 def _as_list(batch):
     return list(batch)
 
 
-def _encode_isolating_failures(encoder: Encoder, prepared: list[tuple[int, str, PreparedItem]]) -> Iterator[EncodeResult]:
+def _encode_isolating_failures(encoder: Encoder, prepared: list[tuple[int, str, PreparedItem]], timings: dict) -> Iterator[EncodeResult]:
     items = [item for _, _, item in prepared]
     try:
-        outputs = encoder.encode_batch(items)
+        started = time.perf_counter()
+        try:
+            outputs = encoder.encode_batch(items)
+        finally:
+            timings["forward_seconds"] = timings.get("forward_seconds", 0.0) + time.perf_counter() - started
         if len(outputs) != len(items):
             raise RuntimeError(f"{type(encoder).__name__}.encode_batch returned {len(outputs)} arrays for {len(items)} items")
     except Exception as batch_error:
@@ -116,7 +143,7 @@ def _encode_isolating_failures(encoder: Encoder, prepared: list[tuple[int, str, 
         log.warning("batch of %d failed (%s); retrying its utterances one by one", len(items), batch_error)
         _free_accelerator_memory()
         for one in prepared:
-            yield from _encode_isolating_failures(encoder, [one])
+            yield from _encode_isolating_failures(encoder, [one], timings)
         return
     for (index, utterance_id, item), features in zip(prepared, outputs):
         yield _checked(EncodeResult(index, utterance_id, features=features, info=item.info), encoder.dim)
@@ -156,6 +183,8 @@ def encode_utterances(
     progress: bool = True,
     lengths: Sequence[float] | None = None,
     on_batch: Callable[[list[EncodeResult]], None] | None = None,
+    window_batches: int | None = 8,
+    timings: dict | None = None,
 ) -> Iterator[EncodeResult]:
     """Encode ``utterances`` with ``encoder``; yield one EncodeResult per utterance.
 
@@ -164,20 +193,31 @@ def encode_utterances(
     ``num_workers``: DataLoader worker processes running ``prepare`` (0 = main process).
     ``progress``: a tqdm bar counting utterances (rate shown in utterances/s).
     ``on_batch``: optional callback with each batch's results (e.g. to write them).
+    ``window_batches``: bucket within windows of ``window_batches x max_batch`` utterances
+    (None: the whole input at once), which bounds how far ahead of input order results come.
+    ``timings``: a dict that gets ``forward_seconds``, the time spent in ``encode_batch``.
     """
     import torch.utils.data
     from tqdm.auto import tqdm
 
-    if lengths is None:
+    timings = {} if timings is None else timings
+
+    upfront = None
+    if lengths is None and encoder.length_from_prepare:
+        upfront = [_prepare(encoder, utterance) for utterance in utterances]
+        lengths = [1.0 if isinstance(item, BaseException) else encoder.prepared_length(item) for item in upfront]
+        num_workers = 0  # nothing is left for workers to do
+    elif lengths is None:
         lengths = [encoder.length_hint(utterance) for utterance in utterances]
     if len(lengths) != len(utterances):
         raise ValueError(f"{len(lengths)} lengths for {len(utterances)} utterances")
     if not len(utterances):
         return
-    batches = bucket_batches(lengths, max_tokens=max_cost or encoder.default_max_cost,
-                             max_batch=max_batch or encoder.default_max_batch)
+    max_batch = max_batch or encoder.default_max_batch
+    batches = bucket_batches(lengths, max_tokens=max_cost or encoder.default_max_cost, max_batch=max_batch,
+                             window=None if window_batches is None else window_batches * max_batch)
     loader = torch.utils.data.DataLoader(
-        _PreparedUtterances(encoder, utterances),
+        _PreparedUtterances(encoder, utterances, upfront),
         batch_sampler=batches,
         collate_fn=_as_list,
         num_workers=num_workers,
@@ -192,7 +232,7 @@ def encode_utterances(
             results = [EncodeResult(i, uid, error=item) for i, uid, item in batch if isinstance(item, BaseException)]
             prepared = [(i, uid, item) for i, uid, item in batch if not isinstance(item, BaseException)]
             if prepared:
-                results.extend(_encode_isolating_failures(encoder, prepared))
+                results.extend(_encode_isolating_failures(encoder, prepared, timings))
             failures += sum(not result.ok for result in results)
             if on_batch is not None:
                 on_batch(results)

@@ -4,6 +4,8 @@ The Snakemake rules (rules/*.smk) call these; each is also usable by hand:
 
     table     corpus -> utterance table in the cache + one shard file per block of rows
     part      one feature set x one shard -> one part (never touches the cache)
+    parts     one feature set x a group of shards -> one part each, the encoder loaded once
+              (what the workflow's part jobs run; current parts are kept)
     merge     all parts of a feature set -> features/<name> in the cache (atomic swap)
     validate  cache_schema.validate + per-feature coverage -> report; prints the summary
     check-config  validate a config file and list its feature sets and shards' jobs
@@ -254,10 +256,10 @@ def _encode_rows(value, runtime, shard, writer, result, where, encoder=None) -> 
     from extract.encoders import Utterance
 
     torch.set_num_threads(int(runtime["threads"]))
-    started = time.perf_counter()
     if encoder is None:
+        started = time.perf_counter()
         encoder = build_encoder(value, runtime["device"])
-    result.load_seconds = time.perf_counter() - started
+        result.load_seconds = time.perf_counter() - started
     writer.ensure(int(encoder.dim))
     modality = encoder.modality
     media_field = {"audio": "audio_path", "video": "video_path"}.get(modality)
@@ -287,9 +289,10 @@ def _encode_rows(value, runtime, shard, writer, result, where, encoder=None) -> 
             )
         )
     started = time.perf_counter()
+    timings: dict = {}
     results = encode_utterances(
         encoder, utterances, max_cost=runtime["max_cost"], max_batch=runtime["max_batch"],
-        num_workers=int(runtime["num_workers"]), progress=True,
+        num_workers=int(runtime["num_workers"]), progress=True, timings=timings,
     )
     try:
         for item in results:
@@ -305,6 +308,7 @@ def _encode_rows(value, runtime, shard, writer, result, where, encoder=None) -> 
     finally:
         results.close()  # stops DataLoader workers when strict mode raised mid-way
     result.encode_seconds = time.perf_counter() - started
+    result.extra["forward_seconds"] = round(timings.get("forward_seconds", 0.0), 3)  # encode_batch alone
     result.extra["device"] = getattr(encoder, "device", "cpu")
     return encoder.provenance()
 
@@ -373,10 +377,11 @@ def _csd_rows(value, runtime, shard, writer, result, where, encoder=None) -> dic
     }
 
 
-def run_part(value: dict, runtime: dict, shard_file: str, out: str, encoder=None) -> PartResult:
+def run_part(value: dict, runtime: dict, shard_file: str, out: str, encoder=None, load_seconds: float = 0.0) -> PartResult:
     """Extract one feature set over one shard into the part `out` (written atomically).
 
-    `encoder`: an already built encoder for `value` (benchmarks, notebooks); default: build it.
+    `encoder`: an already built encoder for `value` (a job over several shards, benchmarks);
+    default: build it. `load_seconds`: what building that encoder took, recorded in this part.
     """
     from cache_schema import FeaturePartWriter
 
@@ -396,9 +401,14 @@ def run_part(value: dict, runtime: dict, shard_file: str, out: str, encoder=None
         dim = None
         build = _encode_rows
     result = PartResult()
+    result.load_seconds = load_seconds
     writer = _LazyWriter(lambda d: FeaturePartWriter(out, shard["row_start"], shard["row_stop"], d, value["dtype"]), dim)
-    provenance = build(value, runtime, shard, writer, result, where, encoder=encoder)
-    writer.ensure(int(provenance["dim"]))
+    try:
+        provenance = build(value, runtime, shard, writer, result, where, encoder=encoder)
+        writer.ensure(int(provenance["dim"]))
+    except BaseException:
+        writer.abort()  # the unfinished part goes; a rerun starts this shard afresh
+        raise
     n = shard["row_stop"] - shard["row_start"]
     stats = {
         "utterances": n,
@@ -407,6 +417,7 @@ def run_part(value: dict, runtime: dict, shard_file: str, out: str, encoder=None
         "failure_reasons": dict(result.reasons),
         "load_seconds": round(result.load_seconds, 3),
         "encode_seconds": round(result.encode_seconds, 3),
+        "peak_buffer_bytes": writer.peak_held_bytes,  # feature values held in memory at once (bounded)
         **result.extra,
     }
     started = time.perf_counter()
@@ -419,11 +430,58 @@ def run_part(value: dict, runtime: dict, shard_file: str, out: str, encoder=None
     return result
 
 
+def part_is_current(path: Path, value: dict, shard_file: str | os.PathLike) -> bool:
+    """True when the part at `path` was built from this shard file (and its media) with this value config."""
+    import zarr
+
+    if not (Path(path) / "zarr.json").is_file():
+        return False
+    meta = dict(zarr.open_group(str(path), mode="r").attrs).get("attrs", {})
+    shard_digest = json.loads(Path(shard_file).read_text(encoding="utf-8"))["digest"]
+    uses_media = value["encoder"]["kind"] != CSD_KIND and feature_modality(value) in ("audio", "video")
+    return (meta.get("shard_digest") == shard_digest and canonical_json(meta.get("value_config")) == canonical_json(value)
+            and (not uses_media or meta.get("media_digest") == read_media_digest(shard_file)))
+
+
+def run_parts(value: dict, runtime: dict, shard_files: list[str], parts_dir: str, report_out: str) -> dict:
+    """One job over a group of shards: one part per shard, the encoder loaded once.
+
+    Start-up and model load are paid once per job instead of once per shard (docs/workflow.md,
+    "Job grouping"). A part that is already current (built from the same shard file, media and
+    value config) is kept, so a rerun of the job after a kill or a change to one shard redoes
+    only what is missing or stale; when nothing is, the encoder is not even loaded. The
+    report (the job's declared output) lists what was extracted and what was kept.
+    """
+    started = time.perf_counter()
+    encoder, load_seconds, entries = None, 0.0, []
+    for shard_file in shard_files:
+        out = Path(parts_dir) / f"{Path(shard_file).stem}.zarr"
+        if part_is_current(out, value, shard_file):
+            log.info("%s %s: part is current, kept (%s)", value["name"], Path(shard_file).stem, out)
+            entries.append({"shard": str(shard_file), "part": str(out), "extracted": False})
+            continue
+        load = 0.0
+        if encoder is None and value["encoder"]["kind"] != CSD_KIND:
+            load_started = time.perf_counter()
+            encoder = build_encoder(value, runtime["device"])
+            load = load_seconds = time.perf_counter() - load_started
+        result = run_part(value, runtime, shard_file, str(out), encoder=encoder, load_seconds=load)
+        entries.append({"shard": str(shard_file), "part": str(out), "extracted": True, "encode_seconds": round(result.encode_seconds, 3),
+                        "forward_seconds": result.extra.get("forward_seconds"), "write_seconds": round(result.write_seconds, 3)})
+    report = {"feature": value["name"], "shards": len(shard_files), "extracted": sum(e["extracted"] for e in entries),
+              "load_seconds": round(load_seconds, 3), "seconds": round(time.perf_counter() - started, 3), "parts": entries}
+    _write_json(report_out, report)
+    log.info("%s: %d shard(s) in this job, %d extracted, %d kept; %.1f s loading, %.1f s in all",
+             value["name"], len(shard_files), report["extracted"], len(shard_files) - report["extracted"], load_seconds, report["seconds"])
+    return report
+
+
 class _LazyWriter:
     """A FeaturePartWriter created once the encoder (and so `dim`) is known.
 
-    Failures are buffered and handed over in row order at close, so a part's failure table
-    reads like the corpus (pre-checked missing media and encoder errors arrive interleaved).
+    The writer writes rows as they complete (bounded memory; see FeaturePartWriter), so
+    failures go to it at once; any recorded before it exists wait here. It sorts its
+    failure table by row, so the part reads like the corpus however results arrived.
     """
 
     def __init__(self, factory, dim: int | None):
@@ -435,17 +493,29 @@ class _LazyWriter:
     def ensure(self, dim: int) -> None:
         if self._writer is None:
             self._writer = self._factory(dim)
+            for failure in self._failures:
+                self._writer.fail(*failure)
+            self._failures = []
 
     def put(self, row: int, array: np.ndarray) -> None:
         self._writer.put(row, array)
 
     def fail(self, row: int, uid: str, file: str, reason: str) -> None:
-        self._failures.append((row, uid, file, reason))
+        if self._writer is None:
+            self._failures.append((row, uid, file, reason))
+        else:
+            self._writer.fail(row, uid, file, reason)
 
     def close(self, attrs: dict) -> Path:
-        for failure in sorted(self._failures, key=lambda f: f[0]):
-            self._writer.fail(*failure)
         return self._writer.close(attrs)
+
+    @property
+    def peak_held_bytes(self) -> int:
+        return self._writer.peak_held_bytes
+
+    def abort(self) -> None:
+        if self._writer is not None:
+            self._writer.abort()
 
 
 # ------------------------------------------------------------------------------ merge
@@ -681,6 +751,14 @@ def build_parser() -> argparse.ArgumentParser:
     part.add_argument("--out", required=True, help="part to write (a Zarr folder)")
     part.add_argument("--log")
 
+    parts = sub.add_parser("parts", help="one feature set x a group of shards -> one part each, the encoder loaded once")
+    parts.add_argument("--feature", type=_json_arg, required=True, help="value config of the feature set (JSON)")
+    parts.add_argument("--runtime", type=_json_arg, required=True, help="device/batch/threads/workers/strict (JSON)")
+    parts.add_argument("--shards", nargs="+", required=True, help="shard files")
+    parts.add_argument("--parts-dir", required=True, help="folder of the parts (<shard file stem>.zarr each)")
+    parts.add_argument("--report", required=True, help="job report JSON to write (the job's output)")
+    parts.add_argument("--log")
+
     merge = sub.add_parser("merge", help="parts -> features/<name> in the cache")
     merge.add_argument("--feature", type=_json_arg, required=True)
     merge.add_argument("--cache", required=True)
@@ -723,6 +801,8 @@ def main(argv: list[str] | None = None) -> int:
             run_table(args.corpus, args.cache, args.work_dir, args.shard_size, args.index)
         elif args.step == "part":
             run_part(args.feature, args.runtime, args.shard, args.out)
+        elif args.step == "parts":
+            run_parts(args.feature, args.runtime, args.shards, args.parts_dir, args.report)
         elif args.step == "merge":
             run_merge(args.feature, args.cache, args.index, args.work_dir, args.compression, args.out)
         elif args.step == "validate":

@@ -15,10 +15,20 @@ def one_of(names):
     return "|".join(re.escape(name) for name in names) or "(?!)"
 
 
-def parts_of(wildcards):
-    """Every shard's part of this feature set, from the table checkpoint's index."""
+def shard_groups():
+    """{first shard: [shards]}: runs of `shards_per_job` consecutive shards, from the table checkpoint's index."""
     index = json.loads(Path(checkpoints.table.get().output.index).read_text())
-    return [f"{WORK}/parts/{wildcards.feature}/shard-{entry['name']}.zarr" for entry in index["shards"]]
+    names, size = [entry["name"] for entry in index["shards"]], CFG["shards_per_job"]
+    return {names[i]: names[i : i + size] for i in range(0, len(names), size)}
+
+
+def group_shard_files(wildcards):
+    return [f"{WORK}/shards/shard-{shard}.json" for shard in shard_groups()[wildcards.group]]
+
+
+def parts_of(wildcards):
+    """The reports of every part job of this feature set (the parts themselves: WORK/parts/<feature>/shard-NNNNN.zarr)."""
+    return [f"{WORK}/parts/{wildcards.feature}/job-{group}.json" for group in shard_groups()]
 
 
 def work_dir_of(index_file):

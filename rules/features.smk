@@ -1,4 +1,7 @@
-# One job per (feature set, shard): encoder over the shard's utterances -> a part.
+# One job per (feature set, group of `shards_per_job` consecutive shards): the encoder is loaded
+# once per job and writes one part per shard (extract.run parts). Start-up and model load cost
+# ~10-13 s per job on a loaded 2-core machine, more than a 500-utterance text shard takes to
+# encode, so one job per shard spent most of its time starting (docs/workflow.md, job grouping).
 #
 # Two rules with the same body: `part_gpu` for neural encoders that may use a GPU (device
 # auto/cuda; declares resources gpu=1) and `part` for the rest (opensmile, GloVe, csd, or
@@ -6,9 +9,11 @@
 # `set-resources: {part_gpu: {slurm_partition: gpu}}`, and locally `--resources gpu=1`
 # keeps GPU jobs from sharing one device.
 #
-# Parts live under WORK/parts/<feature>/ and appear atomically (FeaturePartWriter writes
-# beside the final path and renames), so a killed job leaves no output and the next run
-# simply runs it again: no --rerun-incomplete needed.
+# The job's output is its report (WORK/parts/<feature>/job-NNNNN.json, named after its first
+# shard); the parts (WORK/parts/<feature>/shard-NNNNN.zarr) appear atomically beside it, one
+# by one, as the job goes. A job that reruns (one of its shards changed, or it was killed)
+# keeps every part that is current (same shard file, media and feature config) and extracts
+# only the rest, so finished work is never redone and no --rerun-incomplete is needed.
 #
 # params.feature (name, encoder, dtype) is what the values depend on: changing it reruns the
 # feature set (Snakemake's params trigger). params.runtime (device, batch budget, threads,
@@ -17,16 +22,17 @@
 
 
 # Audio/video parts also read shards/media-NNNNN.json (size + mtime of the shard's media,
-# rewritten by the table only when it changes): a replaced clip reruns exactly its shard.
+# rewritten by the table only when it changes): a replaced clip reruns its shard's job, which
+# re-extracts exactly that shard.
 def media_input(wildcards):
     if FEATURES[wildcards.feature].modality in ("audio", "video") and FEATURES[wildcards.feature].kind != "csd":
-        return [f"{WORK}/shards/media-{wildcards.shard}.json"]
+        return [f"{WORK}/shards/media-{shard}.json" for shard in shard_groups()[wildcards.group]]
     return []
 
 
 wildcard_constraints:
     feature=one_of(FEATURES),
-    shard=r"\d{5}",
+    group=r"\d{5}",
 
 
 for _rule_name, _names, _gpus in (("part", CPU_FEATURES, 0), ("part_gpu", GPU_FEATURES, 1)):
@@ -35,24 +41,25 @@ for _rule_name, _names, _gpus in (("part", CPU_FEATURES, 0), ("part_gpu", GPU_FE
         name:
             _rule_name
         input:
-            shard=f"{WORK}/shards/shard-{{shard}}.json",
+            shards=group_shard_files,
             media=media_input,
         output:
-            part=directory(f"{WORK}/parts/{{feature}}/shard-{{shard}}.zarr"),
+            report=f"{WORK}/parts/{{feature}}/job-{{group}}.json",
         wildcard_constraints:
             feature=one_of(_names),
         params:
             feature=lambda wildcards: FEATURES[wildcards.feature].value_json(),
             runtime=lambda wildcards: FEATURES[wildcards.feature].runtime(),
+            parts_dir=lambda wildcards: f"{WORK}/parts/{wildcards.feature}",
         threads: lambda wildcards: FEATURES[wildcards.feature].threads
         resources:
             gpu=_gpus,
         log:
-            f"{WORK}/logs/part/{{feature}}/shard-{{shard}}.log",
+            f"{WORK}/logs/part/{{feature}}/job-{{group}}.log",
         benchmark:
-            f"{WORK}/benchmarks/part/{{feature}}/shard-{{shard}}.tsv"
+            f"{WORK}/benchmarks/part/{{feature}}/job-{{group}}.tsv"
         conda:
             "../envs/extract.yaml"
         shell:
-            "python -m extract.run part --feature {params.feature:q} {params.runtime}"
-            " --shard {input.shard:q} --out {output.part:q} --log {log:q}"
+            "python -m extract.run parts --feature {params.feature:q} {params.runtime}"
+            " --shards {input.shards:q} --parts-dir {params.parts_dir:q} --report {output.report:q} --log {log:q}"

@@ -245,6 +245,43 @@ def test_merge_refuses_gaps_overlaps_and_dim_mismatch(cache_path, tmp_path):
     assert "a.b" not in open_cache(cache_path)  # nothing half-written became visible
 
 
+def test_part_writer_writes_as_it_goes_in_bounded_memory(tmp_path):
+    """Rows arriving out of order within windows are written in row order; memory stays one window."""
+    rng = np.random.default_rng(5)
+    n, dim, window = 400, 8, 20
+    arrays = [rng.standard_normal((int(rng.integers(1, 30)), dim)).astype(np.float32) for _ in range(n)]
+    writer = FeaturePartWriter(tmp_path / "p.zarr", 100, 100 + n, dim=dim, dtype="float32", flush_bytes=4096)
+    window_bytes = []
+    for start in range(0, n, window):
+        rows = rng.permutation(np.arange(start, start + window))  # a window's batches finish in any order
+        window_bytes.append(sum(arrays[r].nbytes for r in rows))
+        for r in rows:
+            if r % 37 == 0:
+                writer.fail(100 + r, f"u{r}", "", "bad clip")
+            else:
+                writer.put(100 + r, arrays[r])
+        assert writer.held_bytes < 4096  # a window complete: only the remainder of one chunk is held
+    assert writer.peak_held_bytes <= max(window_bytes) + 4096  # never the whole part
+    assert writer.peak_held_bytes < sum(a.nbytes for a in arrays) / 10
+    with pytest.raises(CacheError, match="row 100 was already written"):
+        writer.put(100, arrays[0])
+    part = zarr.open_group(str(writer.close({"job": 0})), mode="r")
+    assert part["values"].chunks[0] == 4096 // (dim * 4)  # written in ~flush_bytes chunks
+    kept = [arrays[r] for r in range(n) if r % 37]
+    np.testing.assert_array_equal(part["values"][...], np.concatenate(kept))
+    assert part["present"][...].tolist() == [bool(r % 37) for r in range(n)]
+    assert part["lengths"][...].tolist() == [len(arrays[r]) if r % 37 else 0 for r in range(n)]
+    assert [f["row"] for f in part.attrs["failures"]] == [100 + r for r in range(0, n, 37)]
+    assert not list(tmp_path.glob("p.zarr.tmp-*"))  # renamed into place
+
+
+def test_aborted_part_writer_leaves_nothing(tmp_path):
+    writer = FeaturePartWriter(tmp_path / "p.zarr", 0, 3, dim=2, flush_bytes=8)
+    writer.put(0, np.ones((4, 2)))  # over one chunk: already on disk in the temporary part
+    writer.abort()
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_part_writer_rejects_bad_arrays(tmp_path):
     w = FeaturePartWriter(tmp_path / "p", 10, 20, dim=4)
     with pytest.raises(CacheError, match="row 9 outside"):

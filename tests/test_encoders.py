@@ -468,3 +468,44 @@ def test_encoders_travel_to_workers_without_their_model(tiny_bert):
     copy = pickle.loads(pickle.dumps(encoder))
     assert copy.model is None and encoder.model is not None
     assert copy.prepare(Utterance("a", "the cat")).payload == encoder.prepare(Utterance("a", "the cat")).payload
+
+
+def test_text_is_tokenised_once_per_utterance_and_truncation_matches_the_tokenizer(tiny_bert):
+    encoder = build_encoder({"kind": "hf-text", "checkpoint": str(tiny_bert), "max_length": 8}, device="cpu")
+    texts = TEXTS + ["the cat sat on the mat and the dog sat on the cat", "the"]
+    for text in texts:  # one untruncated encoding cut by hand == the tokenizer's own truncation
+        expected = dict(encoder.tokenizer(text, add_special_tokens=True, truncation=True, max_length=8))
+        assert encoder.prepare(Utterance("u", text)).payload == {k: list(v) for k, v in expected.items()}
+    tokenizer, calls = encoder.tokenizer, []
+
+    class CountingTokenizer:
+        def __call__(self, text, *args, **kwargs):
+            calls.append(text)
+            return tokenizer(text, *args, **kwargs)
+
+        def __getattr__(self, name):
+            return getattr(tokenizer, name)
+
+    encoder.tokenizer = CountingTokenizer()
+    encoder._suffix = None  # the one-off probe of the special-token template is not an utterance
+    encoder._special_suffix()
+    calls.clear()
+    utterances = [{"id": f"u{i}", "text": text} for i, text in enumerate(texts)]
+    results = list(encode_utterances(encoder, utterances, max_cost=64, max_batch=2, num_workers=2, progress=False))
+    assert all(r.ok for r in results) and sorted(calls) == sorted(texts)  # once each: bucketing, prepare, encoding
+    direct = {i: encoder.encode([Utterance(u["id"], u["text"])])[0] for i, u in enumerate(utterances)}
+    assert_same_arrays([r.features for r in sorted(results, key=lambda r: r.index)], [direct[i] for i in range(len(texts))])
+
+
+def test_windowed_buckets_stay_inside_their_window():
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(1, 50, size=103).tolist()
+    batches = bucket_batches(lengths, max_tokens=120, max_batch=4, window=16)
+    assert sorted(i for batch in batches for i in batch) == list(range(103))
+    windows = [{i // 16 for i in batch} for batch in batches]
+    assert all(len(w) == 1 for w in windows)  # no batch spans two windows
+    assert [w.pop() for w in windows] == sorted(i // 16 for batch in batches for i in batch[:1])  # windows in order
+    for batch in batches:
+        assert len(batch) <= 4 and (len(batch) * max(lengths[i] for i in batch) <= 120 or len(batch) == 1)
+    with pytest.raises(ValueError, match="window"):
+        bucket_batches(lengths, max_tokens=120, window=0)

@@ -103,7 +103,9 @@ def test_a_replaced_or_added_clip_reextracts_only_its_shard(tmp_path):
     write_wav(files["corrupt"], 1.2, 5)  # the failed clip replaced in place by a good file
     write_wav(files["missing"], 0.8, 6)  # and the missing one added
     second = run_snakemake(tmp_path, config)
-    assert sorted(jobs_run(second, "part")) == ["feature=audio.egemaps-lld, shard=00000", "feature=audio.egemaps-lld, shard=00001"]
+    assert jobs_run(second, "part") == ["feature=audio.egemaps-lld, group=00000"]  # the job of the three shards...
+    report = json.loads((tmp_path / "work" / "parts" / "audio.egemaps-lld" / "job-00000.json").read_text())
+    assert [e["extracted"] for e in report["parts"]] == [True, True, False]  # ...re-extracts only shards 0 and 1
     after = validate(tmp_path / "feats.zarr")["audio.egemaps-lld"]
     assert after.present.tolist() == [True, True, True, True, False]
     assert [f["utterance_id"] for f in after.failures()] == ["empty"]  # the failure records were replaced

@@ -157,7 +157,7 @@ def config_problems(config: dict) -> str:
 def test_config_defaults_are_filled():
     config = validate_config(minimal_config())
     assert config["cache"] == "data/feats.zarr" and config["work_dir"] == "data/work"
-    assert config["shard_size"] == 500 and config["strict"] is False
+    assert config["shard_size"] == 500 and config["shards_per_job"] == 8 and config["strict"] is False
     feature = config["features"][0]
     assert feature["dtype"] == "float16" and feature["device"] == "auto"
     assert feature["batch"] == {"max_cost": None, "max_batch": None}
@@ -258,7 +258,9 @@ def test_workflow_runs_reruns_nothing_and_extends_incrementally(tmp_path, tiny_b
     cache = tmp_path / "feats.zarr"
 
     first = run_snakemake(tmp_path, config)
-    assert sorted(jobs_run(first, "part")) == ["feature=text.tiny-bert, shard=00000", "feature=text.tiny-bert, shard=00001"]
+    assert jobs_run(first, "part") == ["feature=text.tiny-bert, group=00000"]  # both shards in one job: one model load
+    report = json.loads((tmp_path / "work" / "parts" / "text.tiny-bert" / "job-00000.json").read_text())
+    assert [Path(e["part"]).name for e in report["parts"] if e["extracted"]] == ["shard-00000.zarr", "shard-00001.zarr"]
     assert "extraction summary (3 utterances)" in first.stdout
     opened = validate(cache)
     fs = opened["text.tiny-bert"]
@@ -276,8 +278,11 @@ def test_workflow_runs_reruns_nothing_and_extends_incrementally(tmp_path, tiny_b
     stamp = (parts / "shard-00000.zarr" / "zarr.json").stat().st_mtime_ns
     write_manifest(manifest, text_rows(5, empty=(1,)))  # two more utterances
     third = run_snakemake(tmp_path, config)
-    # shard 1 grew from 1 to 2 rows and shard 2 is new: only they run; shard 0 is untouched
-    assert sorted(jobs_run(third, "part")) == ["feature=text.tiny-bert, shard=00001", "feature=text.tiny-bert, shard=00002"]
+    # shard 1 grew from 1 to 2 rows and shard 2 is new: their job reruns and extracts only them; shard 0 is kept
+    assert jobs_run(third, "part") == ["feature=text.tiny-bert, group=00000"]
+    report = json.loads((parts / "job-00000.json").read_text())
+    assert [(Path(e["part"]).name, e["extracted"]) for e in report["parts"]] == [
+        ("shard-00000.zarr", False), ("shard-00001.zarr", True), ("shard-00002.zarr", True)]
     assert len(jobs_run(third, "merge")) == 1
     assert (parts / "shard-00000.zarr" / "zarr.json").stat().st_mtime_ns == stamp
     opened = validate(cache)
@@ -293,7 +298,11 @@ def test_workflow_runs_reruns_nothing_and_extends_incrementally(tmp_path, tiny_b
     # ...but what decides the values does (here the storage dtype): every part and the merge.
     half = text_config(tmp_path, manifest, tiny_bert, feature={"dtype": "float16"})
     fifth = run_snakemake(tmp_path, write_config(tmp_path / "half.yaml", half), "--dry-run")
-    assert len(jobs_run(fifth, "part")) == 3 and len(jobs_run(fifth, "merge")) == 1
+    assert len(jobs_run(fifth, "part")) == 1 and len(jobs_run(fifth, "merge")) == 1
+    # one job per shard_per_job shards: 3 shards in groups of 2 -> two jobs
+    grouped = text_config(tmp_path, manifest, tiny_bert, feature={"dtype": "float16"}, shards_per_job=2)
+    sixth = run_snakemake(tmp_path, write_config(tmp_path / "grouped.yaml", grouped), "--dry-run")
+    assert sorted(jobs_run(sixth, "part")) == ["feature=text.tiny-bert, group=00000", "feature=text.tiny-bert, group=00002"]
 
 
 def write_wav(path: Path, seconds: float, seed: int, rate: int = 16000) -> Path:
@@ -357,7 +366,7 @@ def test_bad_media_becomes_failure_records_and_strict_stops(tmp_path):
     strict = write_config(strict_dir / "c.yaml", audio_config(strict_dir, manifest, strict=True))
     proc = run_snakemake(strict_dir, strict, check=False)
     assert proc.returncode != 0
-    log = (strict_dir / "work" / "logs" / "part" / "audio.egemaps-lld" / "shard-00000.log").read_text()
+    log = (strict_dir / "work" / "logs" / "part" / "audio.egemaps-lld" / "job-00000.log").read_text()
     assert re.search(r"utterance '(corrupt|missing|empty)' \(row \d, file .*media/\w+\.wav\): .*\[strict: true\]", log), log
     assert not (strict_dir / "work" / "parts" / "audio.egemaps-lld" / "shard-00000.zarr").exists()
 
@@ -421,7 +430,7 @@ class StderrWatcher:
             self.text += chunk.decode("utf-8", "replace")
 
     def running_part(self, timeout: float = 120) -> tuple[int, Path]:
-        """(pid, part path) of a part job once its progress bar shows encoding under way."""
+        """(pid, report path) of a part job once its progress bar shows encoding under way."""
         import psutil
 
         deadline = time.time() + timeout
@@ -433,7 +442,7 @@ class StderrWatcher:
                     except psutil.Error:
                         continue
                     if "extract.run part" in cmdline and child.name().startswith("python"):
-                        return child.pid, Path(re.search(r"--out (\S+)", cmdline).group(1))
+                        return child.pid, Path(re.search(r"--report (\S+)", cmdline).group(1))
             time.sleep(0.02)
         raise AssertionError(f"no part job seen encoding:\n{self.text[-3000:]}")
 
@@ -483,10 +492,11 @@ def test_killed_run_resumes_to_an_identical_cache(tmp_path, tiny_bert, start_sna
 
     # 1. A part job dies mid-encoding (OOM killer, node failure): snakemake records the failure.
     proc, watcher = start_snakemake(killed, config)
-    pid, part = watcher.running_part()
+    pid, report = watcher.running_part()
     os.kill(pid, signal.SIGKILL)
     assert proc.wait(timeout=120) != 0
-    assert not part.exists()  # the killed job's part never appeared
+    assert not report.exists()  # the killed job never finished
+    assert not (report.parent / "shard-00000.zarr").exists()  # and the part it was writing never appeared
 
     # 2. The rerun is killed as a whole, snakemake and its jobs (a lost login session).
     proc, watcher = start_snakemake(killed, config)
@@ -507,3 +517,28 @@ def test_killed_run_resumes_to_an_identical_cache(tmp_path, tiny_bert, start_sna
     got, expected = feature_arrays(killed / "feats.zarr", "text.tiny-bert"), feature_arrays(reference, "text.tiny-bert")
     for a, b in zip(got, expected):
         assert a.dtype == b.dtype and np.array_equal(a, b)  # bit-identical
+
+
+def test_parts_job_keeps_current_parts_without_loading_the_encoder(tmp_path, tiny_bert, monkeypatch):
+    from extract import run
+
+    manifest = write_manifest(tmp_path / "m.csv", text_rows(5))
+    config = validate_config(text_config(tmp_path, manifest, tiny_bert))
+    spec = feature_specs(config)["text.tiny-bert"]
+    index = run.run_table(config["corpus"], config["cache"], config["work_dir"], 2, str(tmp_path / "index.json"))
+    shards = [str(tmp_path / "work" / "shards" / f"shard-{entry['name']}.json") for entry in index["shards"]]
+    parts = tmp_path / "work" / "parts" / spec.name
+    first = run.run_parts(spec.value_config(), spec.runtime().as_dict(), shards, str(parts), str(tmp_path / "r1.json"))
+    assert first["extracted"] == 3 and first["load_seconds"] > 0  # three shards, one model load
+    stamps = [(parts / f"shard-{e['name']}.zarr" / "zarr.json").stat().st_mtime_ns for e in index["shards"]]
+
+    def no_load(*args, **kwargs):
+        raise AssertionError("the encoder was loaded although every part is current")
+
+    monkeypatch.setattr(run, "build_encoder", no_load)
+    second = run.run_parts(spec.value_config(), spec.runtime().as_dict(), shards, str(parts), str(tmp_path / "r2.json"))
+    assert second["extracted"] == 0 and json.loads((tmp_path / "r2.json").read_text())["parts"][0]["extracted"] is False
+    assert [(parts / f"shard-{e['name']}.zarr" / "zarr.json").stat().st_mtime_ns for e in index["shards"]] == stamps
+    changed = {**spec.value_config(), "dtype": "float16"}  # what the values depend on changed: stale, so it loads
+    with pytest.raises(AssertionError, match="encoder was loaded"):
+        run.run_parts(changed, spec.runtime().as_dict(), shards, str(parts), str(tmp_path / "r3.json"))

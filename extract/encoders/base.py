@@ -240,6 +240,15 @@ class Encoder(abc.ABC):
         """Cheap estimate of an utterance's cost, used to bucket batches (see extract.batching)."""
         return 1.0
 
+    # True where ``prepare`` is cheap and its item gives the exact cost (text: the token count):
+    # extract.batching then prepares every utterance once, up front, and buckets by
+    # ``prepared_length`` instead of calling ``length_hint`` and preparing again in a worker.
+    length_from_prepare: bool = False
+
+    def prepared_length(self, item: PreparedItem) -> float:
+        """The cost of a prepared item, in ``length_hint`` units (``length_from_prepare`` encoders)."""
+        raise NotImplementedError(f"{type(self).__name__} does not set length_from_prepare")
+
     # Batch budget defaults for extract.batching, in ``length_hint`` units.
     default_max_cost: float = 4096.0
     default_max_batch: int = 32

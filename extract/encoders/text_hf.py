@@ -107,32 +107,49 @@ class HFTextEncoder(TorchEncoderMixin, Encoder):
                        "revision": revision, "precision": precision}
 
     # -- CPU side -------------------------------------------------------------------------
+    # Text is tokenised once per utterance: extract.batching prepares text up front
+    # (length_from_prepare) and buckets by the exact word-piece count in the item; truncation
+    # cuts that one encoding instead of tokenising again with truncation=True.
+    length_from_prepare = True
+
+    def prepared_length(self, item: PreparedItem) -> float:
+        return float(item.info["n_tokens"])
+
     def length_hint(self, utterance: Any) -> float:
-        # The exact word-piece count, so buckets pad little: a characters-per-piece estimate
-        # padded far more and the forward passes paid for it (bench/extract.py records the
-        # padding ratio). Tokenising twice is cheap next to the forward pass.
+        # For callers outside extract.batching: the exact word-piece count (one tokenisation).
         text = utterance_field(utterance, "text")
         if not isinstance(text, str) or not text.strip():
             return 2.0  # prepare() reports it as empty
         n_tokens = len(self.tokenizer(text, add_special_tokens=True, truncation=False, verbose=False)["input_ids"])
         return float(min(self.max_length, n_tokens))
 
+    def _special_suffix(self) -> int:
+        """How many special tokens the tokenizer appends after the text ([SEP], </s>): truncation keeps them."""
+        if getattr(self, "_suffix", None) is None:
+            mask = self.tokenizer("a", add_special_tokens=True, return_special_tokens_mask=True)["special_tokens_mask"]
+            self._suffix = mask[::-1].index(0) if 0 in mask else 0  # trailing specials
+        return self._suffix
+
     def prepare(self, utterance: Any) -> PreparedItem:
         utterance_id = utterance_field(utterance, "utterance_id")
         text = utterance_field(utterance, "text")
         if not isinstance(text, str) or not text.strip():
             raise EncoderInputError(utterance_id, f"empty text ({text!r})")
-        untruncated = self.tokenizer(text, add_special_tokens=True, truncation=False, verbose=False,
-                                     return_special_tokens_mask=True)
-        full_length = len(untruncated["input_ids"])
+        encoding = dict(self.tokenizer(text, add_special_tokens=True, truncation=False, verbose=False,
+                                       return_special_tokens_mask=True))
+        special = encoding.pop("special_tokens_mask")
+        full_length = len(encoding["input_ids"])
         # Zero-width spaces, a BOM or control characters pass the strip() check above but the
         # tokenizer's normaliser drops them: only [CLS][SEP] would be left. ([UNK] counts as a token.)
-        if full_length - sum(untruncated["special_tokens_mask"]) == 0:
+        if full_length - sum(special) == 0:
             raise EncoderInputError(utterance_id, f"no tokens after tokenisation ({text!r})")
-        encoding = self.tokenizer(text, add_special_tokens=True, truncation=True, max_length=self.max_length)
+        if full_length > self.max_length:  # what truncation=True gives: the tail of the text dropped, specials kept
+            suffix = self._special_suffix()
+            encoding = {key: list(values[: self.max_length - suffix]) + (list(values[full_length - suffix:]) if suffix else [])
+                        for key, values in encoding.items()}
         kept = len(encoding["input_ids"])
         info = {"n_tokens": kept, "n_tokens_untruncated": full_length, "truncated": full_length > kept}
-        return PreparedItem(utterance_id, dict(encoding), info)
+        return PreparedItem(utterance_id, encoding, info)
 
     # -- model side -----------------------------------------------------------------------
     def encode_batch(self, items: list[PreparedItem]) -> list[np.ndarray]:
