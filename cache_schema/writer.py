@@ -343,7 +343,9 @@ class FeaturePartWriter:
         self._chunk_rows = max(1, int(flush_bytes or self.FLUSH_BYTES) // (self.dim * itemsize))
         self._tmp = self.path.with_name(self.path.name + f".tmp-{uuid.uuid4().hex[:8]}")
         self._group = zarr.open_group(str(self._tmp), mode="w")
-        self._values = self._group.create_array(L.VALUES, shape=(0, self.dim), dtype=dtype, chunks=(self._chunk_rows, self.dim))
+        # Uncompressed: a part is read once by the merge, where decoding zstd cost 75-84% of the
+        # merge's time (bench/cache_io.py); fp16 embeddings barely compress anyway.
+        self._values = self._group.create_array(L.VALUES, shape=(0, self.dim), dtype=dtype, chunks=(self._chunk_rows, self.dim), compressors=None)
         self._written = 0  # value rows (frames) on disk
 
     def put(self, row: int, array: np.ndarray) -> None:
