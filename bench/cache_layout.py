@@ -30,6 +30,7 @@ import zarr
 import zarr.codecs as zc
 
 from cache_schema.direct import DirectValues
+from cache_io import drop_page_cache  # bench/ is on sys.path when a bench script runs
 
 MB = 1024 * 1024
 SHARD_BYTES = 64 * MB
@@ -58,16 +59,6 @@ def candidates(dim: int) -> dict[str, dict]:
 
 def files_of(path: Path) -> list[Path]:
     return sorted(p for p in path.rglob("*") if p.is_file() and p.name != "zarr.json")
-
-
-def drop_cache(files: list[Path]) -> None:
-    for f in files:
-        fd = os.open(f, os.O_RDONLY)
-        try:
-            os.fdatasync(fd)  # dirty pages cannot be dropped
-            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-        finally:
-            os.close(fd)
 
 
 def raw_read(files: list[Path]) -> int:
@@ -117,14 +108,14 @@ def main() -> None:
             t_raw = t_scan = 0.0
             for _ in range(args.rounds):
                 if state == "cold":
-                    drop_cache(files)
+                    drop_page_cache(files)
                 else:
                     raw_read(files)
                 t0 = time.perf_counter()
                 raw_read(files)
                 t_raw += time.perf_counter() - t0
                 if state == "cold":
-                    drop_cache(files)
+                    drop_page_cache(files)
                 t0 = time.perf_counter()
                 scan(arr, block)
                 t_scan += time.perf_counter() - t0
@@ -135,7 +126,7 @@ def main() -> None:
             if direct is not None:  # the same scan through cache_schema/direct.py
                 t_direct = 0.0
                 for _ in range(args.rounds):
-                    drop_cache(files) if state == "cold" else raw_read(files)
+                    drop_page_cache(files) if state == "cold" else raw_read(files)
                     t0 = time.perf_counter()
                     for lo in range(0, arr.shape[0], block):
                         direct.read_rows(lo, lo + block)

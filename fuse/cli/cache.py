@@ -102,6 +102,19 @@ def _report_transfer(report) -> None:
     click.echo(f"verified: valid, {report.n_utterances} utterances, same files and fingerprints ({fingerprints or 'no feature sets'})")
 
 
+def _transfer(copy, source: str, destination: str, url: str, force: bool, storage_option) -> None:
+    """Run `copy(source, destination)` (push or pull) with the URL's storage options; report it."""
+    apply_storage_options(url, storage_option)
+    try:
+        report = copy(source, destination, force=force)
+    except CacheValidationError as exc:
+        click.echo(str(exc), err=True)
+        sys.exit(1)
+    except CacheError as exc:
+        _fail(exc)
+    _report_transfer(report)
+
+
 @cache.command("push")
 @click.argument("local", type=click.Path(exists=True, file_okay=False))
 @click.argument("url")
@@ -111,15 +124,7 @@ def push_command(local: str, url: str, force: bool, storage_option) -> None:
     """Copy the finished local cache LOCAL to object storage at URL (e.g. s3://bucket/feats.zarr)."""
     from cache_schema.transfer import push
 
-    apply_storage_options(url, storage_option)
-    try:
-        report = push(local, url, force=force)
-    except CacheValidationError as exc:
-        click.echo(str(exc), err=True)
-        sys.exit(1)
-    except CacheError as exc:
-        _fail(exc)
-    _report_transfer(report)
+    _transfer(push, local, url, url, force, storage_option)
 
 
 @cache.command("pull")
@@ -131,15 +136,7 @@ def pull_command(url: str, local: str, force: bool, storage_option) -> None:
     """Copy the cache at URL into the local folder LOCAL (staged, verified, then swapped in)."""
     from cache_schema.transfer import pull
 
-    apply_storage_options(url, storage_option)
-    try:
-        report = pull(url, local, force=force)
-    except CacheValidationError as exc:
-        click.echo(str(exc), err=True)
-        sys.exit(1)
-    except CacheError as exc:
-        _fail(exc)
-    _report_transfer(report)
+    _transfer(pull, url, local, url, force, storage_option)
 
 
 @cache.command("upgrade")
