@@ -179,7 +179,8 @@ class FeatureSet:
     def _direct(self):
         from .direct import DirectValues
 
-        return DirectValues.eligible(self.directory / L.VALUES) if os.path.isdir(self.directory) else None
+        # Local folders only: on object storage every read goes through zarr's fsspec store.
+        return None if is_url(self.directory) else DirectValues.eligible(self.directory / L.VALUES)
 
     def iter_blocks(self, target_rows: int | None = None) -> Iterator[tuple[int, int]]:
         """(start, stop) utterance ranges of about one shard of rows each, for streaming."""
