@@ -339,3 +339,19 @@ def test_long_names_drop_whole_options():
     assert len(name) <= 120 + len("_abc123")
     assert re.fullmatch(r"context(_option_\d+-0\.5)+_abc123", name), name
     assert "option_19" not in name
+
+
+def test_names_always_keep_the_seed_and_the_options_that_differ():
+    from fuse.sweep import run_name
+    from fuse.sweep.grid import differing_options
+
+    # Twenty long fixed options fill the name; the seed and the option that varies come last in
+    # name order but are still written, or runs differing by them would differ by hash only.
+    label = {"model": "context", **{f"model_config.option_{i:02d}": 0.5 for i in range(20)}, "weight_decay": 0.01, "seed": 3}
+    name = run_name(label, "abc123", keep={"weight_decay"})
+    assert name.endswith("_weight_decay-0.01_seed-3_abc123"), name
+    assert "option_19" not in name and len(name) <= 120 + len("_abc123")
+
+    plan = expand({"base": BASE, "grid": {"model": ["late"], "lr": [1e-3], "weight_decay": [0.0, 0.01], "seed": [1, 2]}})
+    assert differing_options([r.label for r in plan.runs]) == {"weight_decay", "seed"}
+    assert len({r.name for r in plan.runs}) == 4

@@ -56,14 +56,17 @@ class SharedData:
 
     def adopt(self, cache) -> None:
         """Use an already opened cache."""
-        self.caches.setdefault(os.path.realpath(cache.path), cache)
+        from cache_schema.store import identity
+
+        self.caches.setdefault(identity(cache.path), cache)
 
     def data_for(self, options):
         """The FeatureData for resolved `options`, built on first use."""
         from cache_schema import CacheError, open_cache
+        from cache_schema.store import identity
         from fuse.training import TrainingError, build_training_data, feature_data_arguments
 
-        path = os.path.realpath(options.cache)
+        path = identity(options.cache)
         key = json.dumps([path, feature_data_arguments(options)], sort_keys=True, default=str)
         if key in self.feature_data:
             self.feature_data.move_to_end(key)
@@ -217,7 +220,7 @@ def _data_order_key(options: dict[str, Any]) -> str:
     return json.dumps(feature_data_arguments(resolve_options(parse_options(options))), sort_keys=True, default=str)
 
 
-def _preflight(plan: SweepPlan, cache_path: Path):
+def _preflight(plan: SweepPlan, cache_path: str):
     """Refuse, before any training, a grid whose feature sets or tasks the cache cannot serve."""
     from cache_schema import CacheError, open_cache
     from fuse.data import DataError, inspect_task, select_feature_sets
@@ -248,6 +251,45 @@ def _preflight(plan: SweepPlan, cache_path: Path):
 
 
 @dataclass
+class PreparedSweep:
+    cache: str  # absolute path or URL, as every run's `cache` option
+    cache_handle: Any  # the Cache opened by the checks
+    options: dict[str, dict[str, Any]]  # run name -> its full options (cache and out set)
+    states: dict[str, str]  # run name -> run_state
+
+
+def prepare_sweep(plan: SweepPlan, cache: str | Path, out: Path) -> PreparedSweep:
+    """Check the plan against the cache, fix each run's options and state, write plan.json.
+
+    Shared by both executors (local processes, Snakemake), so their run folders agree.
+    """
+    from cache_schema.store import absolute
+
+    cache_path = absolute(str(cache))
+    cache_handle = _preflight(plan, cache_path)
+    out.mkdir(parents=True, exist_ok=True)
+    planned = {}
+    for run in plan.runs:
+        options = {**run.options, "cache": cache_path, "out": str((out / run.name).resolve())}
+        options.setdefault("progress", False)
+        planned[run.name] = options
+    states = {name: run_state(Path(options["out"]), options) for name, options in planned.items()}
+    record = {"source": plan.source, "cache": cache_path, "runs": {r.name: {"label": r.label, "options": r.options, "identity": r.identity} for r in plan.runs}}
+    write_json(out / PLAN_FILE, record)
+    return PreparedSweep(cache_path, cache_handle, planned, states)
+
+
+def plan_from_record(out: Path) -> SweepPlan:
+    """The SweepPlan a sweep folder's plan.json holds (a Snakemake job rebuilds it from there)."""
+    from fuse.jsonio import read_json
+    from fuse.sweep.grid import PlannedRun
+
+    record = read_json(out / PLAN_FILE)
+    runs = [PlannedRun(name, r["options"], r["label"], r["identity"]) for name, r in record["runs"].items()]
+    return SweepPlan(runs, record["source"], cache=record["cache"])
+
+
+@dataclass
 class SweepResult:
     out: Path
     outcomes: dict[str, dict[str, Any]]  # run name -> outcome of this invocation (skipped too)
@@ -272,17 +314,9 @@ def run_sweep(
     verbose: bool = False,
 ) -> SweepResult:
     """Run every planned run not finished yet, then write the leaderboard. See the module docstring."""
-    cache_path = Path(cache).resolve()
     out = Path(out)
-    cache_handle = _preflight(plan, cache_path)
-    out.mkdir(parents=True, exist_ok=True)
-    planned = {}
-    for run in plan.runs:
-        options = {**run.options, "cache": str(cache_path), "out": str((out / run.name).resolve())}
-        options.setdefault("progress", False)
-        planned[run.name] = options
-    states = {name: run_state(Path(options["out"]), options) for name, options in planned.items()}
-    write_json(out / PLAN_FILE, {"source": plan.source, "cache": str(cache_path), "runs": {r.name: {"label": r.label, "options": r.options, "identity": r.identity} for r in plan.runs}})
+    prepared = prepare_sweep(plan, cache, out)
+    cache_path, cache_handle, planned, states = prepared.cache, prepared.cache_handle, prepared.options, prepared.states
 
     identity = {r.name: r.identity for r in plan.runs}
     order = list(planned)

@@ -20,7 +20,9 @@ Run names are derived from the options the grid (or the run entry) sets, in a fi
 (model, text, audio, video, then alphabetical), plus six hex digits of a hash of every
 result-relevant option (`base` included), e.g. `late_text-minilm_lr-0.001_seed-1_3fa2c1`:
 readable, stable across invocations and key orders, unchanged when other values are added
-to the grid, and different whenever the run would differ.
+to the grid, and different whenever the run would differ. A name longer than `MAX_NAME`
+characters leaves out whole options, but never `seed` nor an option whose value differs
+between runs of the sweep: two runs' names always show what tells them apart.
 """
 from __future__ import annotations
 
@@ -38,6 +40,7 @@ from fuse.batch import MODALITIES
 from fuse.options import NESTED, RESULT_NEUTRAL, OptionsError, field_names, parse_options, suggest, unknown_option
 
 TOP_LEVEL_KEYS = ("base", "grid", "runs", "cache", "metric")
+MAX_NAME = 120  # characters before the hash; beyond it, options that name no difference are left out
 SET_BY_SWEEP = ("cache", "out")
 
 
@@ -131,24 +134,38 @@ def _format_value(value: Any) -> str:
     return str(value)
 
 
-def run_name(label: Mapping[str, Any], identity: str, max_len: int = 120) -> str:
+def differing_options(labels: list[Mapping[str, Any]]) -> set[str]:
+    """The label keys whose value is not the same in every run (a key some runs lack differs)."""
+    keys = {k for label in labels for k in label}
+    return {k for k in keys if len({json.dumps(label.get(k), sort_keys=True, default=str) for label in labels}) > 1}
+
+
+def run_name(label: Mapping[str, Any], identity: str, max_len: int = MAX_NAME, keep: set[str] | frozenset = frozenset()) -> str:
     """`late_text-minilm_lr-0.001_seed-1_3fa2c1`: the grid entry's options, then the hash.
 
-    Options that would make the name longer than `max_len` characters are left out whole
-    (the hash still tells the runs apart).
+    Options that would make the name longer than `max_len` characters are left out whole,
+    except `seed` and the options in `keep` (those that differ between the sweep's runs),
+    which are always written.
     """
     parts = []
     for key, value in label.items():
         if key == "model":
-            parts.append(str(value))
-            continue
-        if key in MODALITIES and isinstance(value, str) and value.startswith(key + "."):
-            value = value[len(key) + 1 :]  # text: text.minilm -> text-minilm
-        parts.append(f"{key.rsplit('.', 1)[-1]}-{_format_value(value)}")
-    kept: list[str] = []
-    for part in (re.sub(r"[^A-Za-z0-9_.+=-]+", "-", p).strip("-") for p in parts):
-        if part and len("_".join(kept + [part])) <= max_len:
-            kept.append(part)
+            text = str(value)
+        else:
+            if key in MODALITIES and isinstance(value, str) and value.startswith(key + "."):
+                value = value[len(key) + 1 :]  # text: text.minilm -> text-minilm
+            text = f"{key.rsplit('.', 1)[-1]}-{_format_value(value)}"
+        text = re.sub(r"[^A-Za-z0-9_.+=-]+", "-", text).strip("-")
+        if text:
+            parts.append((text, key == "seed" or key in keep))
+    budget = max_len - len("_".join(text for text, required in parts if required))
+    kept = []
+    for text, required in parts:
+        if required:
+            kept.append(text)
+        elif len(text) + 1 <= budget:
+            kept.append(text)
+            budget -= len(text) + 1
     return "_".join(kept + [identity])
 
 
@@ -204,8 +221,7 @@ def expand(spec: Mapping[str, Any], source: str = "grid") -> SweepPlan:
                 _check_key(str(key), f"runs[{i}]", source)
             entries.append(dict(entry))
 
-    planned: list[PlannedRun] = []
-    seen: dict[str, int] = {}
+    validated: list[tuple[dict[str, Any], dict[str, Any], str]] = []
     for i, entry in enumerate(entries):
         options: dict[str, Any] = {}
         for key, value in base.items():
@@ -216,8 +232,14 @@ def expand(spec: Mapping[str, Any], source: str = "grid") -> SweepPlan:
         where = f"run {i + 1} ({', '.join(f'{k}={_format_value(v)}' for k, v in label.items())})"
         options = _validate_run(options, where, source)
         label = {k: _lookup(options, k) for k in sorted(label, key=_label_order)}  # validated values
+        validated.append((options, label, where))
+
+    differing = differing_options([label for _, label, _ in validated])
+    planned: list[PlannedRun] = []
+    seen: dict[str, int] = {}
+    for i, (options, label, where) in enumerate(validated):
         identity = identity_of(options)
-        name = run_name(label, identity)
+        name = run_name(label, identity, keep=differing)
         if name in seen:
             raise SweepError(f"{source}: {where} is the same run as run {seen[name] + 1} ({name})")
         seen[name] = i

@@ -36,8 +36,8 @@ def run_state(run_dir: Path, requested: Mapping[str, Any]) -> str:
     """'new', 'finished', 'resume' (killed after an epoch), 'restart' (killed before one)."""
     from fuse.runs.checkpoint import load_checkpoint
 
-    if not run_dir.exists():
-        return "new"
+    if not run_dir.exists() or not any(run_dir.iterdir()):
+        return "new"  # an empty folder too: Snakemake creates a job's output folder before it runs
     config = run_dir / CONFIG_FILE
     if not config.is_file():
         return "restart"
