@@ -234,3 +234,17 @@ def test_every_cache_writer_refuses_a_url(url, tmp_path, monkeypatch):
         with pytest.raises(CacheError, match="read-only"):
             write()
     assert not any(p.name.startswith(("s3:", "memory:")) for p in tmp_path.iterdir())
+
+
+def test_a_sweep_reads_a_url_cache_and_records_the_url(local_cache, tmp_path):
+    from fuse.sweep import expand, run_sweep
+
+    url = "memory://test-remote-sweep/feats.zarr"
+    assert _run("cache", "push", local_cache, url).exit_code == 0
+    plan = expand({"base": {"epochs": 1, "batch_size": 8, "model_config": {"hidden_size": 8}}, "grid": {"model": ["late"], "lr": [3e-3, 1e-2]}})
+    result = run_sweep(plan, url, tmp_path / "sweep", echo=lambda *_: None)
+    assert result.failed == [], result.outcomes
+    for run in plan.runs:
+        config = (tmp_path / "sweep" / run.name / "config.yaml").read_text()
+        assert f"cache: {url}" in config, "the run names the URL, not a local path made of it"
+    assert json.loads((tmp_path / "sweep" / "plan.json").read_text())["cache"] == url
