@@ -59,3 +59,42 @@ def pad(flat: np.ndarray, lengths: np.ndarray, max_len: int | None = None) -> np
         keep = pos < t
         out[item[keep], pos[keep]] = flat[keep]
     return out
+
+
+def coalesce(starts: Sequence[int] | np.ndarray, stops: Sequence[int] | np.ndarray | None = None) -> np.ndarray:
+    """(k, 2) runs [start, stop) covering exactly the given ranges, touching ones merged.
+
+    `starts`/`stops` are sorted, non-overlapping half-open ranges (empty ones are dropped);
+    `stops=None` takes single rows (`coalesce(rows)`: runs of consecutive row numbers). Runs
+    never bridge a gap, so a read of each run fetches only what was asked for (not the rows
+    of other splits in between, as one read from the first to the last wanted row would).
+    """
+    starts = np.asarray(starts, dtype=np.int64)
+    stops = starts + 1 if stops is None else np.asarray(stops, dtype=np.int64)
+    keep = stops > starts
+    starts, stops = starts[keep], stops[keep]
+    if len(starts) == 0:
+        return np.zeros((0, 2), dtype=np.int64)
+    # A run ends where the next range does not start at this one's stop.
+    breaks = np.nonzero(starts[1:] != stops[:-1])[0] + 1
+    return np.stack([starts[np.r_[0, breaks]], stops[np.r_[breaks - 1, len(stops) - 1]]], axis=1)
+
+
+def gather_padded(
+    values: np.ndarray, starts: np.ndarray, lengths: np.ndarray, width: int | None = None, dtype=None
+) -> tuple[np.ndarray, np.ndarray]:
+    """(B, width, D) zero-padded items values[starts[b] : starts[b] + lengths[b]] and their mask.
+
+    One fancy index over `values` for the whole batch (no per-item Python); `width` defaults
+    to the longest item (items longer than `width` are cut), `dtype` to values' own (e.g.
+    float32 from a float16 cache: the cast happens in the same copy).
+    """
+    starts = np.asarray(starts, dtype=np.int64)
+    lengths = np.asarray(lengths, dtype=np.int64)
+    width = int(lengths.max(initial=0)) if width is None else int(width)
+    steps = np.arange(width, dtype=np.int64)
+    mask = steps[None, :] < lengths[:, None]
+    out = np.zeros((len(lengths), width, values.shape[1]), dtype=dtype or values.dtype)
+    if mask.any():
+        out[mask] = values[(starts[:, None] + steps[None, :])[mask]]
+    return out, mask

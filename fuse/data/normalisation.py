@@ -243,11 +243,28 @@ class Normaliser:
             rows.append(lookup.get(s, 0))
         return np.asarray(rows, dtype=np.int64)
 
-    def apply(self, name: str, values: np.ndarray, group_row: int) -> np.ndarray:
-        """Standardised float32 copy of one utterance's (T, D) values."""
+    def apply_padded(self, name: str, values: np.ndarray, mask: np.ndarray, group_rows: np.ndarray) -> np.ndarray:
+        """Standardise a padded (B, T, D) batch in place (float32) and zero its padding.
+
+        Utterance b uses statistics row `group_rows[b]`; every frame gets exactly the float32
+        operations `FeatureNorm.standardise` applies (x * scale - shift), so a batch equals its
+        utterances standardised one by one, but in two broadcast passes over the whole batch.
+        Padding is normalised too (cheaper than selecting real frames) and then set to 0.
+        """
+        if values.dtype != np.float32:
+            values = values.astype(np.float32)
         if self.mode == "none" or name not in self.norms:
-            return values.astype(np.float32)
-        return self.norms[name].standardise(values, group_row)
+            return values
+        norm = self.norms[name]
+        group_rows = np.asarray(group_rows, dtype=np.int64)
+        if len(group_rows) and (group_rows == group_rows[0]).all():  # global mode, or one speaker: no gather
+            rows = group_rows[:1]
+        else:
+            rows = group_rows
+        values *= norm.scale[rows][:, None, :]
+        values -= norm.shift[rows][:, None, :]
+        values[~mask] = 0.0
+        return values
 
     # -- persistence (inside checkpoints: tensors and lists, so weights_only loading works) --
     def to_payload(self) -> dict[str, Any]:
