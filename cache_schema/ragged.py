@@ -85,16 +85,20 @@ def gather_padded(
 ) -> tuple[np.ndarray, np.ndarray]:
     """(B, width, D) zero-padded items values[starts[b] : starts[b] + lengths[b]] and their mask.
 
-    One fancy index over `values` for the whole batch (no per-item Python); `width` defaults
-    to the longest item (items longer than `width` are cut), `dtype` to values' own (e.g.
-    float32 from a float16 cache: the cast happens in the same copy).
+    One `np.take` over `values` for the whole batch (no per-item Python); padding positions
+    take row 0 and are then zeroed, which costs less than a boolean scatter of the real rows.
+    `width` defaults to the longest item (items longer than `width` are cut), `dtype` to
+    values' own. (numpy's float16 -> float32 cast is unvectorised, ~15x slower than torch's;
+    the loader keeps float16 here and casts in torch.)
     """
     starts = np.asarray(starts, dtype=np.int64)
     lengths = np.asarray(lengths, dtype=np.int64)
     width = int(lengths.max(initial=0)) if width is None else int(width)
     steps = np.arange(width, dtype=np.int64)
     mask = steps[None, :] < lengths[:, None]
-    out = np.zeros((len(lengths), width, values.shape[1]), dtype=dtype or values.dtype)
-    if mask.any():
-        out[mask] = values[(starts[:, None] + steps[None, :])[mask]]
-    return out, mask
+    if not mask.any():
+        return np.zeros((len(lengths), width, values.shape[1]), dtype=dtype or values.dtype), mask
+    index = np.where(mask, starts[:, None] + steps[None, :], 0)
+    out = np.take(values, index.reshape(-1), axis=0).reshape(len(lengths), width, values.shape[1])
+    out[~mask] = 0
+    return (out if dtype is None else out.astype(dtype, copy=False)), mask

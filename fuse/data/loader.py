@@ -384,9 +384,11 @@ class FeatureData:
         """One modality of a batch: padded in one gather, standardised in one broadcast pass."""
         fs = self.feature_sets[modality]
         starts, lengths = frames.locate(utts)
-        values, mask = gather_padded(frames.values, starts, lengths, max(1, int(lengths.max(initial=0))), np.float32)
+        padded, mask = gather_padded(frames.values, starts, lengths, max(1, int(lengths.max(initial=0))))
+        mask = torch.from_numpy(mask)
+        values = torch.from_numpy(padded).float()  # torch's float16 -> float32 cast is vectorised, numpy's is not
         values = self.normaliser.apply_padded(fs.name, values, mask, self._group_rows[modality][utts])
-        return ModalityInput(torch.from_numpy(values), torch.from_numpy(mask), torch.from_numpy(fs.present[utts]))
+        return ModalityInput(values, mask, torch.from_numpy(fs.present[utts]))
 
     def batch_for_rows(self, rows: np.ndarray, with_labels: bool = False) -> Batch:
         """A batch of arbitrary rows, in the given order (e.g. one utterance for `fuse explain`)."""
