@@ -484,3 +484,16 @@ def test_read_ahead_keeps_order_raises_where_it_failed_and_stops_when_closed():
     assert next(stream) == 0
     stream.close()  # a consumer's break: the producer stops
     assert len(produced) < 10 and not any(t.name == "fuse-read-ahead" for t in threading.enumerate())
+
+
+def test_a_loop_left_early_stops_both_loader_threads(cache):
+    import threading
+
+    data = _data(cache, block_rows=60)
+    data.prefetch = True
+    batches = data.batches(data.indices("train"), 4, shuffle=True)
+    assert next(batches).size >= 1
+    names = {t.name for t in threading.enumerate()}
+    assert {"fuse-read-ahead", "fuse-read-pools"} <= names  # assembling ahead, and reading the next pool
+    batches.close()
+    assert not {"fuse-read-ahead", "fuse-read-pools"} & {t.name for t in threading.enumerate()}

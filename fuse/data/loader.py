@@ -16,8 +16,9 @@
   pads it (`gather_padded`, casting to float32 in the same copy) and one broadcast pass
   standardises it (`Normaliser.apply_padded`). A background thread builds the next batches
   while the model trains on the current one (`fuse.data.readahead`; when a core is free for
-  it, see `default_prefetch`), pinning them for CUDA when asked. Memory is bounded by one
-  pool of raw frames plus a few batches, however large the cache.
+  it, see `default_prefetch`), pinning them for CUDA when asked, and a second one reads the
+  next pool meanwhile. Memory is bounded by three pools of raw frames plus a few batches
+  (one pool when reading in line), however large the cache.
 * **In memory.** `in_memory=True` reads each feature set whole once, as stored
   (`FeatureSet.in_ram`: float16 stays float16, one copy per opened cache, so all of a sweep's
   runs in a process share it) and builds batches from it exactly as from a streamed pool, so
@@ -325,18 +326,33 @@ class FeatureData:
         when there is one), so `batch.to(device, non_blocking=True)` overlaps the copy.
         """
         pools = self.plan(indices, batch_size, shuffle=shuffle, seed=seed, epoch=epoch, bucket=bucket, drop_last=drop_last, shard=shard)
-        stream = self._stream(pools, with_labels, pin_memory)
-        yield from read_ahead(stream, READ_AHEAD_BATCHES) if self.prefetch and sum(len(p.batches) for p in pools) > 1 else stream
+        ahead = self.prefetch and sum(len(p.batches) for p in pools) > 1
+        stream = self._stream(pools, with_labels, pin_memory, ahead)
+        yield from read_ahead(stream, READ_AHEAD_BATCHES, name="fuse-read-ahead") if ahead else stream
 
-    def _stream(self, pools: list[Pool], with_labels: bool, pin_memory: bool) -> Iterator[Batch]:
-        """Read each pool (or take the in-memory copy), then assemble its batches one by one:
-        at most one pool of raw frames and the batches waiting in read-ahead are alive."""
+    def _stream(self, pools: list[Pool], with_labels: bool, pin_memory: bool, ahead: bool) -> Iterator[Batch]:
+        """Each pool's batches, assembled one by one from the pool's frames.
+
+        With `ahead`, a second thread reads the next pool while this one's batches are built
+        (reads wait on the disk, assembly on memory bandwidth: a cold page cache is then hidden
+        behind compute too); at most three pools of raw frames are alive (the one being
+        assembled, one read and waiting, one being read), plus the batches waiting in read-ahead.
+        """
+        frames = self._pool_frames(pools)
+        if ahead and not self.in_memory and len(pools) > 1:
+            frames = read_ahead(frames, 1, name="fuse-read-pools")
+        try:
+            for pool, arrays in frames:
+                for utts in pool.batches:
+                    batch = self._assemble(utts, arrays, with_labels)
+                    yield batch.pin_memory() if pin_memory else batch
+                del arrays
+        finally:
+            frames.close()  # stops the pool reader now, not when the generator is collected
+
+    def _pool_frames(self, pools: list[Pool]) -> Iterator[tuple[Pool, dict[str, Frames]]]:
         for pool in pools:
-            frames = self._memory_frames() if self.in_memory else {m: self._read_frames(m, pool.rows) for m in self.feature_sets}
-            for utts in pool.batches:
-                batch = self._assemble(utts, frames, with_labels)
-                yield batch.pin_memory() if pin_memory else batch
-            del frames
+            yield pool, self._memory_frames() if self.in_memory else {m: self._read_frames(m, pool.rows) for m in self.feature_sets}
 
     def _pool_order(self, utts: np.ndarray, batch_size: int, rng, bucket: bool, drop_last: bool = False) -> list[np.ndarray]:
         if rng is not None:
