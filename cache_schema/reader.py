@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import threading
 from contextlib import contextmanager
 from functools import cached_property
 from pathlib import Path
@@ -42,6 +43,8 @@ class FeatureSet:
             self.values: zarr.Array = self.group[L.VALUES]
             self.dim = int(self.values.shape[1])
             self.dtype = str(self.values.dtype)
+        self._ram: np.ndarray | None = None
+        self._ram_lock = threading.Lock()
 
     @contextmanager
     def _reading(self) -> Iterator[None]:
@@ -174,6 +177,23 @@ class FeatureSet:
             if self._direct is not None:  # straight from the shard files (cache_schema/direct.py)
                 return self._direct.read_rows(int(lo), int(hi))
             return self.values[lo:hi]
+
+    def in_ram(self) -> np.ndarray:
+        """Every row of `values` in memory as stored (float16 stays float16), read once.
+
+        Kept on this object: every reader of one opened cache (all of a sweep's runs in a
+        process, whatever their normalisation or frame limits) shares the one copy. Read
+        shard by shard into one preallocated array, so the peak is the copy plus one shard.
+        """
+        with self._ram_lock:
+            if self._ram is None:
+                rows = int(self.values.shape[0])
+                out = np.empty((rows, self.dim), dtype=self.values.dtype)
+                for lo in range(0, rows, self.shard_rows):
+                    hi = min(rows, lo + self.shard_rows)
+                    out[lo:hi] = self.block_rows(lo, hi)
+                self._ram = out
+            return self._ram
 
     @cached_property
     def _direct(self):

@@ -121,9 +121,9 @@ class DataOptions:
 class LoadingOptions:
     """How the data is read: streaming blocks (they fix the batch order) and an in-memory copy."""
 
-    in_memory: bool = Field(False, description="Keep prepared features in memory after the first epoch.")
-    num_workers: int | None = Field(None, ge=0, description="0: read in line; > 0: read the next pool in a background thread [when a core is free].")
-    pin_memory: bool | None = Field(None, description="Pin batches in page-locked memory for non-blocking copies [on CUDA].")
+    in_memory: bool = Field(False, description="Read each feature set into memory once, as stored (float16 stays float16; one copy per process).")
+    num_workers: int | None = Field(None, ge=0, description="0: read in line; > 0: build the next batches in a background thread [when a core is free, or on CUDA].")
+    pin_memory: bool | None = Field(None, description="Pin batches in page-locked memory for non-blocking copies (CUDA only) [on CUDA].")
     block_mb: float = Field(DEFAULT_BLOCK_MB, ge=0.01, description="Streaming block size in MB.")
     pool_blocks: int = Field(DEFAULT_POOL_BLOCKS, ge=1, description="Blocks shuffled together.")
     block_rows: int | None = Field(None, ge=1, description="Frames per block (overrides --block-mb).", json_schema_extra={"hidden": True})

@@ -112,7 +112,8 @@ def test_speaker_normalisation_per_speaker_and_unseen_speakers(cache):
     np.testing.assert_allclose(got, (_raw(fs, rows[0]) - norm.mean[g]) / norm.std[g], rtol=1e-5, atol=1e-5)
     # standardised per speaker: each training speaker's frames have mean ~0 and std ~1
     ross = train[speakers[train] == "Ross"]
-    values = np.concatenate([data.read_utterances("audio", np.array([r]))[int(r)] for r in ross])
+    audio = data.batch_for_rows(ross).modalities["audio"]
+    values = audio.values.numpy()[audio.mask.numpy()]
     np.testing.assert_allclose(values.mean(0), 0, atol=1e-4)
     np.testing.assert_allclose(values.std(0), 1, atol=1e-3)
 
@@ -185,7 +186,12 @@ def test_in_memory_and_streaming_give_the_same_batches(cache, shuffle):
             for m in x.modalities:
                 assert (x.modalities[m].values == y.modalities[m].values).all()
                 assert (x.modalities[m].mask == y.modalities[m].mask).all()
-    assert len(memory._memory["audio"]) == len(train)
+    # in memory = the feature sets as stored (float16, not float32 copies), one copy per opened cache
+    resident = memory._memory_frames()["audio"].values
+    assert resident.dtype == np.float16 and resident.shape == cache["audio.synthetic"].values.shape
+    other = _data(cache, block_rows=64, normalisation="speaker", in_memory=True)
+    next(iter(other.batches(train, 6)))
+    assert other._memory_frames()["audio"].values is resident
 
 
 def test_metadata_vocabulary_from_train_and_numeric_standardised(cache):
@@ -328,3 +334,166 @@ def test_auto_normalisation_is_stored_resolved(cache):
     assert data.summary()["normalisation_note"].startswith("auto:")
     with pytest.raises(DataError, match="not one of"):
         FeatureData.for_training(cache, {}, normalisation="per-speaker")
+
+
+# -- the vectorised hot path against the simple per-utterance one -------------------------------
+def test_coalesce_merges_touching_ranges_and_never_bridges_a_gap():
+    from cache_schema.ragged import coalesce
+
+    assert coalesce([0, 1, 2, 5, 6, 9]).tolist() == [[0, 3], [5, 7], [9, 10]]
+    assert coalesce([]).shape == (0, 2)
+    # ranges: empty ones dropped, touching ones merged, a gap (even of one frame) splits
+    assert coalesce([0, 4, 4, 8, 12], [4, 4, 7, 12, 13]).tolist() == [[0, 7], [8, 13]]
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        rows = np.sort(rng.choice(200, size=int(rng.integers(1, 120)), replace=False))
+        runs = coalesce(rows)
+        covered = np.concatenate([np.arange(a, b) for a, b in runs])
+        assert covered.tolist() == rows.tolist()  # exactly the wanted rows, nothing between
+        assert (runs[1:, 0] > runs[:-1, 1]).all()  # maximal: no two runs touch
+
+
+def test_gather_padded_equals_padding_item_by_item():
+    from cache_schema.ragged import gather_padded
+
+    rng = np.random.default_rng(1)
+    values = rng.normal(size=(300, 5)).astype(np.float16)
+    starts = np.array([0, 40, 40, 100, 297])
+    lengths = np.array([7, 0, 12, 30, 3])
+    out, mask = gather_padded(values, starts, lengths, 20, np.float32)
+    assert out.shape == (5, 20, 5) and out.dtype == np.float32
+    for b, (s, n) in enumerate(zip(starts, lengths)):
+        n = min(n, 20)  # longer items are cut at `width`
+        assert mask[b].sum() == n and mask[b, :n].all()
+        np.testing.assert_array_equal(out[b, :n], values[s : s + n].astype(np.float32))
+        assert not out[b, n:].any()
+    assert gather_padded(values, starts[:0], lengths[:0])[0].shape == (0, 0, 5)
+
+
+def test_apply_padded_is_bitwise_the_per_utterance_standardisation(cache):
+    from cache_schema.ragged import gather_padded
+
+    data = _data(cache, normalisation="speaker")
+    fs = data.feature_sets["audio"]
+    norm = data.normaliser.norms[fs.name]
+    rows = np.arange(0, data.n, 3)
+    rows = rows[fs.present[rows]]
+    groups = data._group_rows["audio"][rows]
+    assert len(set(groups.tolist())) > 2  # several speakers' statistics in one batch
+    values = np.asarray(fs.values[...])
+    lengths = np.diff(fs.offsets)[rows]
+    padded, mask = gather_padded(values, fs.offsets[rows], lengths, None, np.float32)
+    out = data.normaliser.apply_padded(fs.name, torch.from_numpy(padded), torch.from_numpy(mask), groups).numpy()
+    for b, row in enumerate(rows):
+        expected = norm.standardise(fs.get(row), groups[b])
+        np.testing.assert_array_equal(out[b, : lengths[b]], expected)
+        assert not out[b, lengths[b] :].any() and not np.signbit(out[b, lengths[b] :]).any()  # +0.0, not -0.0
+
+
+def _simple_batch_values(data, fs, modality, rows):
+    """The per-utterance reference: read, truncate, standardise, pad one utterance at a time."""
+    norm = data.normaliser.norms.get(fs.name)
+    items = []
+    for row in rows:
+        x = np.asarray(fs.get(row))[: data.frame_limit[modality]] if fs.present[row] else np.zeros((0, fs.dim), np.float16)
+        x = x.astype(np.float32) if norm is None else norm.standardise(x, data._group_rows[modality][row])
+        items.append(x)
+    width = max(1, max(len(x) for x in items))
+    out = np.zeros((len(rows), width, fs.dim), dtype=np.float32)
+    for b, x in enumerate(items):
+        out[b, : len(x)] = x
+    return out
+
+
+@pytest.mark.parametrize("in_memory", [False, True])
+def test_batches_equal_the_per_utterance_path(cache, in_memory):
+    data = _data(cache, normalisation="speaker", max_len={"audio": 15}, block_rows=90, in_memory=in_memory)
+    rows = data.indices("test")
+    for batch in data.batches(rows, 5, shuffle=True, seed=2, epoch=1):
+        index = batch.index.numpy()
+        for modality, fs in data.feature_sets.items():
+            expected = _simple_batch_values(data, fs, modality, index)
+            np.testing.assert_array_equal(batch.modalities[modality].values.numpy(), expected)
+            assert batch.modalities[modality].present.numpy().tolist() == fs.present[index].tolist()
+
+
+def test_streaming_reads_only_the_wanted_frames(cache, monkeypatch):
+    """Wanted rows interleaved with unwanted ones (as a fold or carved dev set is): every read is
+    a run of wanted rows' kept frames, never the rows between them nor truncated tails."""
+    data = _data(cache, max_len={"audio": 15}, block_rows=200)
+    train = data.indices("train")
+    rows = train[train % 3 != 2]  # pairs of neighbours, then a row of another split/fold
+    reads = []
+    for fs in data.feature_sets.values():
+        original = fs.block_rows
+        monkeypatch.setattr(fs, "block_rows", lambda lo, hi, fs=fs, original=original: reads.append((fs.name, lo, hi)) or original(lo, hi))
+    batches = list(data.batches(rows, 4, shuffle=True, seed=0))
+    assert sum(b.size for b in batches) == len(rows)
+    for modality, fs in data.feature_sets.items():
+        kept = data._kept_lengths(modality, rows)
+        wanted = np.concatenate([np.arange(fs.offsets[r], fs.offsets[r] + n) for r, n in zip(rows, kept)])
+        got = np.concatenate([np.arange(lo, hi) for name, lo, hi in reads if name == fs.name])
+        assert sorted(got.tolist()) == wanted.tolist()  # each wanted frame once, nothing else
+        runs = [(lo, hi) for name, lo, hi in reads if name == fs.name]
+        if modality == "text":  # untruncated: neighbours are read together
+            assert len(runs) < len(rows)
+
+
+def test_each_rank_reads_and_yields_only_its_part_of_each_batch(cache):
+    data = _data(cache, normalisation="global", block_rows=120)
+    rows = data.indices("train")
+    kwargs = dict(shuffle=True, seed=4, epoch=2)
+    whole = list(data.batches(rows, 7, **kwargs))
+    for rank in range(3):
+        plan = data.plan(rows, 7, shard=(rank, 3), **kwargs)
+        mine = np.concatenate([np.concatenate(p.batches) for p in plan])
+        assert sorted(mine.tolist()) == sorted(np.concatenate([p.rows for p in plan]).tolist())  # reads only its rows
+        parts = list(data.batches(rows, 7, shard=(rank, 3), **kwargs))
+        assert len(parts) == len(whole)
+        for full, part in zip(whole, parts):
+            assert part.index.tolist() == full.index[rank::3].tolist()
+            for m in full.modalities:
+                width = part.modalities[m].values.shape[1]
+                assert torch.equal(part.modalities[m].values, full.modalities[m].values[rank::3, :width])
+
+
+def test_read_ahead_keeps_order_raises_where_it_failed_and_stops_when_closed():
+    import threading
+
+    from fuse.data.readahead import read_ahead
+
+    assert list(read_ahead(iter(range(50)), depth=3)) == list(range(50))
+
+    def failing():
+        yield 1
+        raise ValueError("bad block")
+
+    got = []
+    with pytest.raises(ValueError, match="bad block"):
+        for x in read_ahead(failing()):
+            got.append(x)
+    assert got == [1]
+    produced = []
+
+    def endless():
+        for i in range(10**9):
+            produced.append(i)
+            yield i
+
+    stream = read_ahead(endless(), depth=2)
+    assert next(stream) == 0
+    stream.close()  # a consumer's break: the producer stops
+    assert len(produced) < 10 and not any(t.name == "fuse-read-ahead" for t in threading.enumerate())
+
+
+def test_a_loop_left_early_stops_both_loader_threads(cache):
+    import threading
+
+    data = _data(cache, block_rows=60)
+    data.prefetch = True
+    batches = data.batches(data.indices("train"), 4, shuffle=True)
+    assert next(batches).size >= 1
+    names = {t.name for t in threading.enumerate()}
+    assert {"fuse-read-ahead", "fuse-read-pools"} <= names  # assembling ahead, and reading the next pool
+    batches.close()
+    assert not {"fuse-read-ahead", "fuse-read-pools"} & {t.name for t in threading.enumerate()}

@@ -127,16 +127,17 @@ def test_provenance_mismatch_is_refused(cache_path, tmp_path):
 def test_a_poisoned_batch_is_skipped_and_never_reaches_the_optimiser(cache_path, tmp_path, monkeypatch):
     from fuse.data import FeatureData
 
-    original = FeatureData.read_utterances
+    original = FeatureData._modality_input
     poisoned_row = 0
 
-    def read(self, modality, rows):
-        out = original(self, modality, rows)
-        if modality == "audio" and poisoned_row in out and out[poisoned_row] is not None:
-            out[poisoned_row] = out[poisoned_row] * np.inf
+    def read(self, modality, utts, frames):
+        out = original(self, modality, utts, frames)
+        hit = np.nonzero(np.asarray(utts) == poisoned_row)[0]
+        if modality == "audio" and len(hit) and out.present[hit[0]]:
+            out.values[hit[0]] *= np.inf
         return out
 
-    monkeypatch.setattr(FeatureData, "read_utterances", read)
+    monkeypatch.setattr(FeatureData, "_modality_input", read)
     seen = []
     original_step = torch.optim.AdamW.step
 

@@ -6,6 +6,7 @@
     normalisation.py  per-dimension standardisation fit on train (global / per speaker)
     dialogue.py       dialogue windows (preceding and following turns) and their features
     loader.py         FeatureData: streaming blocks -> padded batches
+    readahead.py      batches built ahead in a background thread
     split_view.py     a cache under another split column (folds), nothing copied
 """
 from fuse.data.loader import FeatureData

@@ -5,23 +5,30 @@
   frames. Head truncation keeps the start of the utterance, where the feature-extraction
   windows line up across modalities. Normalisation statistics and dialogue context use the
   same frames.
-* **Streaming.** Utterances are read in blocks: contiguous utterance ranges of about
-  `block_mb` MB of the largest feature set (never more than a shard; `spec.block_rows`),
-  read with one zarr call per modality. An epoch shuffles the blocks, groups them into pools
-  of `pool_blocks` blocks, shuffles the utterances of a pool, sorts them by length
-  (bucketing: little padding), cuts them into batches and shuffles the batch order. A
-  background thread prepares the next pool while the model trains on the current one (when
-  a core is free for it, see `default_prefetch`). Memory is bounded by two pools however
-  large the cache. `in_memory=True` keeps every prepared utterance after its first read; it
-  walks the same blocks in the same order, so it yields exactly the same batches.
+* **Streaming.** Utterances are grouped in blocks: contiguous utterance ranges of about
+  `block_mb` MB of the largest feature set (never more than a shard; `spec.block_rows`).
+  An epoch shuffles the blocks, groups them into pools of `pool_blocks` blocks, shuffles the
+  utterances of a pool, sorts them by length (bucketing: little padding), cuts them into
+  batches and shuffles the batch order (`plan`). A pool is read as contiguous runs of only
+  the wanted frames (`cache_schema.ragged.coalesce`: a run never spans another split's rows
+  nor the truncated tail of an utterance), kept as stored (float16), one read per run and
+  modality. Each batch is then built without per-utterance Python: one fancy-index gather
+  pads it (`gather_padded`, casting to float32 in the same copy) and one broadcast pass
+  standardises it (`Normaliser.apply_padded`). A background thread builds the next batches
+  while the model trains on the current one (`fuse.data.readahead`; when a core is free for
+  it, see `default_prefetch`), pinning them for CUDA when asked, and a second one reads the
+  next pool meanwhile. Memory is bounded by three pools of raw frames plus a few batches
+  (one pool when reading in line), however large the cache.
+* **In memory.** `in_memory=True` reads each feature set whole once, as stored
+  (`FeatureSet.in_ram`: float16 stays float16, one copy per opened cache, so all of a sweep's
+  runs in a process share it) and builds batches from it exactly as from a streamed pool, so
+  it yields exactly the same batches.
 * **Batch order** depends only on (seed, epoch), never on global RNG state, so a resumed run
   sees the same batches as an uninterrupted one, and a FeatureData shared by many runs (a
   sweep) gives each the batches a fresh one would.
 """
 from __future__ import annotations
 
-import concurrent.futures
-import math
 import os
 from dataclasses import dataclass
 from typing import Any, Iterator
@@ -30,25 +37,46 @@ import numpy as np
 import torch
 
 from cache_schema import Cache, FeatureSet
-from cache_schema.ragged import pad
+from cache_schema.ragged import coalesce, gather_padded
 from fuse.batch import MODALITIES, Batch, ModalityInput, future_key
 from fuse.data.dialogue import context_rows, future_context_rows, utterance_means
 from fuse.data.metadata import MetadataEncoding, default_metadata_columns
 from fuse.data.normalisation import AUTO, MODES, Normaliser, resolve_mode
+from fuse.data.readahead import read_ahead
 from fuse.data.selection import Splits, detect_task, dialogue_keys, resolve_splits, select_feature_sets
 from fuse.data.spec import DEFAULT_BLOCK_MB, DEFAULT_MAX_LEN, DEFAULT_POOL_BLOCKS, DataError, DataSpec, primary_feature_set, rows_per_block
 
 
+READ_AHEAD_BATCHES = 2  # batches the read-ahead thread may hold finished (fuse.data.readahead)
+
+
 @dataclass
 class Pool:
-    """Blocks read together, and the utterances of them to batch."""
+    """Blocks read together: the rows to read from them and the batches cut from those rows."""
 
     blocks: list[tuple[int, int]]
-    utterances: np.ndarray
+    rows: np.ndarray  # sorted; with `shard`, only this rank's
+    batches: list[np.ndarray]  # rows of each batch, in the order yielded
+
+
+@dataclass
+class Frames:
+    """Frames of some rows as stored (e.g. float16): row rows[i]'s kept frames are
+    values[starts[i] : starts[i] + lengths[i]]. rows=None: every row, row i at position i."""
+
+    values: np.ndarray
+    rows: np.ndarray | None
+    starts: np.ndarray
+    lengths: np.ndarray
+
+    def locate(self, utts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(starts, lengths) of rows `utts` (each one of `rows`)."""
+        at = utts if self.rows is None else np.searchsorted(self.rows, utts)
+        return self.starts[at], self.lengths[at]
 
 
 def default_prefetch() -> bool:
-    """Read the next pool in a background thread only when a core is free for it.
+    """Build batches ahead in a background thread only when a core is free for it.
 
     When torch's intra-op threads already occupy every core (CPU training on a small
     machine), a reader thread preempts them and their OpenMP barriers stall, which costs more
@@ -81,8 +109,8 @@ class FeatureData:
         meta_columns = {c: cache.column(c) for c in spec.metadata}
         meta_columns["id"] = self.columns["id"]
         self.metadata_categorical, self.metadata_numeric = metadata.encode(meta_columns)
-        self._memory: dict[str, dict[int, np.ndarray | None]] = {m: {} for m in self.feature_sets}
         self._group_rows = {m: None for m in self.feature_sets}
+        self._resident: dict[str, Frames] | None = None  # in_memory: built on first use
         # Frames kept per modality; None in the spec keeps every frame.
         self.frame_limit = {m: np.iinfo(np.int64).max if spec.max_len[m] is None else int(spec.max_len[m]) for m in self.feature_sets}
         self._sort_length = sum(np.minimum(fs.lengths, self.frame_limit[m]) for m, fs in self.feature_sets.items())
@@ -227,7 +255,25 @@ class FeatureData:
         return np.asarray([lookup[u] for u in ids], dtype=np.int64)
 
     # -- batching -----------------------------------------------------------------------------
-    def plan(self, indices: np.ndarray, shuffle: bool, seed: int = 0, epoch: int = 0) -> tuple[list[Pool], np.random.Generator | None]:
+    def plan(
+        self,
+        indices: np.ndarray,
+        batch_size: int,
+        *,
+        shuffle: bool = False,
+        seed: int = 0,
+        epoch: int = 0,
+        bucket: bool | None = None,
+        drop_last: bool = False,
+        shard: tuple[int, int] | None = None,
+    ) -> list[Pool]:
+        """The pools of an epoch over `indices`, each with its batches in the order yielded.
+
+        Every random draw happens here, in a fixed order from (seed, epoch), so how the batches
+        are then read (streamed, from memory, ahead in a thread) cannot change them. See
+        `batches` for the arguments.
+        """
+        bucket = shuffle if bucket is None else bucket
         wanted = np.zeros(self.n, dtype=bool)
         wanted[np.asarray(indices, dtype=np.int64)] = True
         blocks = [b for b in self._blocks if wanted[b[0] : b[1]].any()]
@@ -238,13 +284,16 @@ class FeatureData:
         for i in range(0, len(blocks), self.spec.pool_blocks):
             group = blocks[i : i + self.spec.pool_blocks]
             utts = np.concatenate([start + np.nonzero(wanted[start:stop])[0] for start, stop in group])
-            pools.append(Pool(group, utts))
-        return pools, rng
+            order = self._pool_order(utts, batch_size, rng, bucket, drop_last)
+            if shard is not None:  # this rank's part of each global batch (fuse.training.distributed)
+                rank, world_size = shard
+                order = [utts[rank::world_size] for utts in order]
+            rows = np.sort(np.concatenate([*order, np.zeros(0, dtype=np.int64)]))
+            pools.append(Pool(group, rows, order))
+        return pools
 
     def n_batches(self, indices: np.ndarray, batch_size: int, shuffle: bool = False, seed: int = 0, epoch: int = 0, drop_last: bool = False) -> int:
-        pools, _ = self.plan(indices, shuffle, seed, epoch)
-        count = (lambda n: n // batch_size) if drop_last else (lambda n: math.ceil(n / batch_size))
-        return sum(count(len(p.utterances)) for p in pools)
+        return sum(len(p.batches) for p in self.plan(indices, batch_size, shuffle=shuffle, seed=seed, epoch=epoch, drop_last=drop_last))
 
     def batches(
         self,
@@ -258,6 +307,7 @@ class FeatureData:
         with_labels: bool = True,
         drop_last: bool = False,
         shard: tuple[int, int] | None = None,
+        pin_memory: bool = False,
     ) -> Iterator[Batch]:
         """Batches over `indices`: each utterance exactly once. See the module docstring.
 
@@ -271,32 +321,40 @@ class FeatureData:
         plan of batches on every rank, each rank reading and yielding only its part of each
         batch (utterances rank, rank + world_size, ...), which is empty when a batch has fewer
         utterances than ranks.
-        """
-        bucket = shuffle if bucket is None else bucket
-        pools, rng = self.plan(indices, shuffle, seed, epoch)
-        # Random draws happen here, in a fixed order, so prefetching cannot change them.
-        orders = [self._pool_order(p, batch_size, rng, bucket, drop_last) for p in pools]
-        if shard is not None:
-            rank, world_size = shard
-            orders = [[utts[rank::world_size] for utts in order] for order in orders]
-            pools = [Pool(p.blocks, np.sort(np.concatenate([*order, np.zeros(0, dtype=np.int64)]))) for p, order in zip(pools, orders)]
-        if not self.prefetch or len(pools) < 2:
-            for pool, order in zip(pools, orders):
-                yield from self._pool_batches(self._read_pool(pool), order, with_labels)
-            return
-        # The reader thread prepares the next pool's arrays; batches are padded here, one at a
-        # time, so at most two pools of arrays and one padded batch are alive at once.
-        with concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="fuse-prefetch") as pool_reader:
-            future = pool_reader.submit(self._read_pool, pools[0])
-            for k in range(len(pools)):
-                arrays = future.result()
-                if k + 1 < len(pools):
-                    future = pool_reader.submit(self._read_pool, pools[k + 1])
-                yield from self._pool_batches(arrays, orders[k], with_labels)
-                del arrays
 
-    def _pool_order(self, pool: Pool, batch_size: int, rng, bucket: bool, drop_last: bool = False) -> list[np.ndarray]:
-        utts = pool.utterances
+        `pin_memory`: batches in page-locked memory (for CUDA; pinned by the read-ahead thread
+        when there is one), so `batch.to(device, non_blocking=True)` overlaps the copy.
+        """
+        pools = self.plan(indices, batch_size, shuffle=shuffle, seed=seed, epoch=epoch, bucket=bucket, drop_last=drop_last, shard=shard)
+        ahead = self.prefetch and sum(len(p.batches) for p in pools) > 1
+        stream = self._stream(pools, with_labels, pin_memory, ahead)
+        yield from read_ahead(stream, READ_AHEAD_BATCHES, name="fuse-read-ahead") if ahead else stream
+
+    def _stream(self, pools: list[Pool], with_labels: bool, pin_memory: bool, ahead: bool) -> Iterator[Batch]:
+        """Each pool's batches, assembled one by one from the pool's frames.
+
+        With `ahead`, a second thread reads the next pool while this one's batches are built
+        (reads wait on the disk, assembly on memory bandwidth: a cold page cache is then hidden
+        behind compute too); at most three pools of raw frames are alive (the one being
+        assembled, one read and waiting, one being read), plus the batches waiting in read-ahead.
+        """
+        frames = self._pool_frames(pools)
+        if ahead and not self.in_memory and len(pools) > 1:
+            frames = read_ahead(frames, 1, name="fuse-read-pools")
+        try:
+            for pool, arrays in frames:
+                for utts in pool.batches:
+                    batch = self._assemble(utts, arrays, with_labels)
+                    yield batch.pin_memory() if pin_memory else batch
+                del arrays
+        finally:
+            frames.close()  # stops the pool reader now, not when the generator is collected
+
+    def _pool_frames(self, pools: list[Pool]) -> Iterator[tuple[Pool, dict[str, Frames]]]:
+        for pool in pools:
+            yield pool, self._memory_frames() if self.in_memory else {m: self._read_frames(m, pool.rows) for m in self.feature_sets}
+
+    def _pool_order(self, utts: np.ndarray, batch_size: int, rng, bucket: bool, drop_last: bool = False) -> list[np.ndarray]:
         if rng is not None:
             utts = utts[rng.permutation(len(utts))]
         if drop_last:
@@ -308,65 +366,56 @@ class FeatureData:
             batches = [batches[i] for i in rng.permutation(len(batches))]
         return batches
 
-    def _pool_batches(self, arrays, order: list[np.ndarray], with_labels: bool) -> Iterator[Batch]:
-        for utts in order:
-            yield self.make_batch(utts, {m: [arrays[m][int(u)] for u in utts] for m in self.feature_sets}, with_labels)
-
-    def _read_pool(self, pool: Pool) -> dict[str, dict[int, np.ndarray | None]]:
-        """Normalised, truncated float32 arrays (None when missing) of the pool's utterances."""
-        out: dict[str, dict[int, np.ndarray | None]] = {m: {} for m in self.feature_sets}
-        for start, stop in pool.blocks:
-            local = pool.utterances[(pool.utterances >= start) & (pool.utterances < stop)]
-            for m in self.feature_sets:
-                memory = self._memory[m]
-                if self.in_memory and all(int(u) in memory for u in local):
-                    for u in local:
-                        out[m][int(u)] = memory[int(u)]
-                    continue
-                read = self.read_utterances(m, local)
-                out[m].update(read)
-                if self.in_memory:
-                    memory.update(read)
-        return out
-
-    def read_utterances(self, modality: str, rows: np.ndarray) -> dict[int, np.ndarray | None]:
-        """Read sorted `rows` (within one block) with one contiguous zarr call; normalise them."""
+    def _kept_lengths(self, modality: str, rows: np.ndarray) -> np.ndarray:
+        """Frames a model sees of each row: the first `max_len`, none when missing."""
         fs = self.feature_sets[modality]
-        result: dict[int, np.ndarray | None] = {}
-        present_rows = rows[fs.present[rows]]
-        for u in rows[~fs.present[rows]]:
-            result[int(u)] = None
-        if len(present_rows) == 0:
-            return result
-        first, last = int(present_rows[0]), int(present_rows[-1]) + 1
-        values, offsets = fs.block(first, last)
-        cap = self.frame_limit[modality]
-        group_rows = self._group_rows[modality]
-        for u in present_rows:
-            lo = int(offsets[u - first])
-            hi = min(int(offsets[u - first + 1]), lo + cap)
-            result[int(u)] = self.normaliser.apply(fs.name, values[lo:hi], int(group_rows[u]))
-        return result
+        lengths = np.minimum(fs.offsets[rows + 1] - fs.offsets[rows], self.frame_limit[modality])
+        return np.where(fs.present[rows], lengths, 0)
+
+    def _read_frames(self, modality: str, rows: np.ndarray) -> Frames:
+        """The kept frames of sorted `rows`, as stored: one contiguous read per run of wanted
+        frames (`cache_schema.ragged.coalesce`), never the frames between two runs."""
+        fs = self.feature_sets[modality]
+        lengths = self._kept_lengths(modality, rows)
+        starts = fs.offsets[rows]
+        runs = coalesce(starts, starts + lengths)
+        parts = [fs.block_rows(int(lo), int(hi)) for lo, hi in runs]
+        if len(parts) == 1:
+            values = parts[0]
+        else:
+            values = np.concatenate(parts) if parts else np.zeros((0, fs.dim), dtype=fs.values.dtype)
+        positions = np.zeros(len(rows), dtype=np.int64)  # each row's first frame within `values`
+        np.cumsum(lengths[:-1], out=positions[1:])
+        return Frames(values, rows, positions, lengths)
+
+    def _memory_frames(self) -> dict[str, Frames]:
+        """`in_memory`: every feature set whole, as stored (`FeatureSet.in_ram`: one copy per
+        opened cache, shared by every FeatureData on it, e.g. all the runs of a sweep)."""
+        if self._resident is None:
+            rows = np.arange(self.n)
+            self._resident = {m: Frames(fs.in_ram(), None, fs.offsets[:-1], self._kept_lengths(m, rows)) for m, fs in self.feature_sets.items()}
+        return self._resident
+
+    def _modality_input(self, modality: str, utts: np.ndarray, frames: Frames) -> ModalityInput:
+        """One modality of a batch: padded in one gather, standardised in one broadcast pass."""
+        fs = self.feature_sets[modality]
+        starts, lengths = frames.locate(utts)
+        padded, mask = gather_padded(frames.values, starts, lengths, max(1, int(lengths.max(initial=0))))
+        mask = torch.from_numpy(mask)
+        values = torch.from_numpy(padded).float()  # torch's float16 -> float32 cast is vectorised, numpy's is not
+        values = self.normaliser.apply_padded(fs.name, values, mask, self._group_rows[modality][utts])
+        return ModalityInput(values, mask, torch.from_numpy(fs.present[utts]))
 
     def batch_for_rows(self, rows: np.ndarray, with_labels: bool = False) -> Batch:
-        """A batch of arbitrary rows (e.g. one utterance for `fuse explain`), read row by row."""
+        """A batch of arbitrary rows, in the given order (e.g. one utterance for `fuse explain`)."""
         rows = np.asarray(rows, dtype=np.int64)
-        arrays = {m: [self.read_utterances(m, rows[i : i + 1])[int(rows[i])] for i in range(len(rows))] for m in self.feature_sets}
-        return self.make_batch(rows, arrays, with_labels)
+        unique = np.unique(rows)
+        frames = self._memory_frames() if self.in_memory else {m: self._read_frames(m, unique) for m in self.feature_sets}
+        return self._assemble(rows, frames, with_labels)
 
-    def make_batch(self, utts: np.ndarray, arrays: dict[str, list[np.ndarray | None]], with_labels: bool = True) -> Batch:
-        """Pad each modality's arrays (None: missing) into a Batch (`cache_schema.ragged.pad`)."""
-        modalities = {}
-        for m, items in arrays.items():
-            dim = self.feature_sets[m].dim
-            lengths = np.array([0 if a is None else len(a) for a in items], dtype=np.int64)
-            real = [a for a in items if a is not None and len(a)]
-            flat = np.concatenate(real).astype(np.float32, copy=False) if real else np.zeros((0, dim), dtype=np.float32)
-            width = max(1, int(lengths.max(initial=0)))
-            values = pad(flat, lengths, width)
-            mask = np.arange(width)[None, :] < lengths[:, None]
-            present = np.array([a is not None for a in items], dtype=bool)
-            modalities[m] = ModalityInput(torch.from_numpy(values), torch.from_numpy(mask), torch.from_numpy(present))
+    def _assemble(self, utts: np.ndarray, frames: dict[str, Frames], with_labels: bool = True) -> Batch:
+        """The Batch of rows `utts` from their read frames, plus labels, metadata and context."""
+        modalities = {m: self._modality_input(m, utts, frames[m]) for m in self.feature_sets}
         batch = Batch(modalities=modalities, index=torch.from_numpy(np.asarray(utts, dtype=np.int64)))
         if with_labels:
             if not self.labelled[utts].all():

@@ -5,9 +5,11 @@
   `fuse.training.feature_data_arguments` (feature sets, task, max lengths, normalisation,
   metadata, dialogue context, block layout) and handed to every later run with the same
   arguments through the recipe's `data=` parameter. Building one reads the table, fits the
-  normalisation statistics and, for context models, the per-utterance means; with
-  `in_memory: true` it also keeps every prepared utterance, so a feature set is read from
-  Zarr once per process rather than once per run and epoch.
+  normalisation statistics and, for context models, the per-utterance means. With
+  `in_memory: true` each feature set is read into RAM once, as stored (float16), and kept on
+  the shared opened cache (`FeatureSet.in_ram`), so every FeatureData on it, whatever its
+  normalisation or frame limits, uses that one copy per process rather than reading Zarr once
+  per run and epoch.
 * **Failures.** A run that fails (a TrainingError, or anything else, e.g. running out of
   memory) is recorded with its error in its `train.log`, `sweep_run.json` and the leaderboard;
   the other runs go on. Problems that would fail every run (unknown options, feature sets the

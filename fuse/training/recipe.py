@@ -178,7 +178,8 @@ class TrainingRecipe:
             }
         workers = self.options.num_workers
         self.data.prefetch = (self.data.prefetch or self.device.type == "cuda") if workers is None else workers > 0
-        self.pin_memory = self.device.type == "cuda" if self.options.pin_memory is None else bool(self.options.pin_memory and torch.cuda.is_available())
+        # Page-locked batches only help host-to-GPU copies; pinning for a CPU model is a wasted copy.
+        self.pin_memory = self.device.type == "cuda" and self.options.pin_memory is not False
         self.task, self.class_names = self.data.spec.task, self.data.spec.class_names
         self.metric = self.options.metric or M.DEFAULT_METRIC[self.task]
         if self.metric not in M.headline(self.task):
@@ -291,7 +292,8 @@ class TrainingRecipe:
         model.train()
         losses, parts, skipped, bad_in_a_row = [], {}, 0, 0
         batches = self.data.batches(
-            self.rows["train"], options.batch_size, shuffle=True, seed=options.seed, epoch=epoch, drop_last=options.drop_last, shard=self.group.shard
+            self.rows["train"], options.batch_size, shuffle=True, seed=options.seed, epoch=epoch, drop_last=options.drop_last,
+            shard=self.group.shard, pin_memory=self.pin_memory,
         )  # fmt: skip
         bar = tqdm(
             batches, total=self.steps_per_epoch[epoch], desc=f"epoch {epoch + 1}/{options.epochs}",
@@ -301,7 +303,7 @@ class TrainingRecipe:
             n_here = batch.size
             batch = batch if n_here else self.stand_in
             batch = self.modality_dropout(batch, epoch)
-            batch = (batch.pin_memory() if self.pin_memory else batch).to(self.device, non_blocking=True)
+            batch = batch.to(self.device, non_blocking=self.pin_memory)  # pinned by the loader's read-ahead thread
             with self.autocast():
                 output = self.train_model(batch)
             if output.loss is None:

@@ -8,7 +8,7 @@ through the recipe's `on_epoch_end` hook and the pruner may stop the trial (`Tri
 A trial re-queued after its worker was killed keeps the killed trial's number for its folder
 and continues from its last checkpoint (`fuse.sweep.state.run_state`, as a resumed sweep run
 does). Each worker keeps one `fuse.sweep.execute.SharedData`, so trials that read the same
-data configuration share one FeatureData (with `in_memory: true`, prepared features too).
+data configuration share one FeatureData (with `in_memory: true`, one float16 copy of each feature set per process).
 """
 from __future__ import annotations
 
