@@ -23,12 +23,18 @@ Options (defaults keep the model above):
   usable for online (causal) recognition.
 - `context_projection_size > 0`: turn features go through Linear -> ReLU -> dropout to that
   size before the GRU (a smaller recurrent input, regularised); 0 feeds them as they are.
+- `layer_weights=True`: the text feature is `layers` encoder layers concatenated (an hf-text
+  feature set extracted with `layer_pooling: concat`; `fuse train` reads the count from the
+  feature set's attrs when `layers` is 0). A learned softmax-weighted sum of the layers
+  (`fuse.models.layer_mix.LayerMix`, SUPERB-style, times a learned scale unless
+  `layer_scale=False`) turns every (K x D)-dim token and context-turn vector into a D-dim one
+  before anything else reads it; one mix is shared by tokens and turns.
 
 Loss: cross-entropy by default (`loss="focal"` for seed 1's focal loss), BCE for multi-label.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import ClassVar
 
 import torch
@@ -46,6 +52,7 @@ from fuse.models.base import (
     masked_mean,
     masked_softmax,
 )
+from fuse.models.layer_mix import LayerMix
 
 
 @dataclass
@@ -60,6 +67,9 @@ class ContextConfig(ClassifierLossConfig):
     context_window: str = "past"  # "past": preceding turns + current; "both": also following turns
     max_future_turns: int = 10  # following turns read with context_window="both"
     context_projection_size: int = 0  # > 0: Linear -> ReLU -> dropout before the GRU
+    layer_weights: bool = False  # learned weighted sum over the text feature's concatenated layers
+    layers: int = 0  # how many layers the text feature concatenates (0: from the feature set's attrs)
+    layer_scale: bool = True  # with layer_weights: also learn one scale for the mixed vector
 
     default_training: ClassVar[TrainingDefaults] = BASELINE_TRAINING
 
@@ -68,6 +78,13 @@ class ContextConfig(ClassifierLossConfig):
         if self.pooling not in ("attention", "mean"):
             raise ValueError(f"pooling must be 'attention' or 'mean', got {self.pooling!r}")
         check_context_options(self.context_window, self.max_context_turns, self.max_future_turns, self.context_projection_size)
+        if self.layers < 0:
+            raise ValueError(f"layers must be >= 0, got {self.layers}")
+        if self.layer_weights and self.layers == 0:
+            raise ValueError(
+                "layer_weights needs `layers`, the number of layers the text feature concatenates; "
+                "`fuse train` reads it from the feature set (extracted with layer_pooling: concat)"
+            )
 
 
 CONTEXT_WINDOWS = ("past", "both")
@@ -198,6 +215,9 @@ class ContextModel(FusionModel):
     def __init__(self, config: ContextConfig, input_dims, n_classes, task, metadata=None):
         super().__init__(config, input_dims, n_classes, task, metadata)
         text_dim = self.input_dims["text"]
+        self.layer_mix = LayerMix(config.layers, text_dim, config.layer_scale) if config.layer_weights else None
+        if self.layer_mix is not None:
+            text_dim = self.layer_mix.layer_dim  # everything after the mix reads one layer's width
         self.token_pooling = None
         if config.pooling == "attention":
             self.token_pooling = AttentionPooling(text_dim, config.context_hidden_size)
@@ -217,6 +237,7 @@ class ContextModel(FusionModel):
     def encode_context(self, batch: Batch) -> torch.Tensor:
         """(B, context size) context state at the current turn; 0 without any real turn."""
         past, following = context_inputs(batch, "text", self.input_dims["text"], self.bidirectional)
+        past, following = self.mix_layers(past), None if following is None else self.mix_layers(following)
         return encode_dialogue(
             self.context_encoder,
             past,
@@ -226,8 +247,12 @@ class ContextModel(FusionModel):
             self.context_projection,
         )
 
+    def mix_layers(self, entry: ModalityInput) -> ModalityInput:
+        """`entry` with its (..., K x D) values mixed to (..., D); unchanged without layer_weights."""
+        return entry if self.layer_mix is None else replace(entry, values=self.layer_mix(entry.values))
+
     def forward(self, batch: Batch) -> ModelOutput:
-        text = self.modality_inputs(batch)["text"]
+        text = self.mix_layers(self.modality_inputs(batch)["text"])
         text_mask = text.mask.bool()
         attentions = {}
         if self.token_pooling is not None:

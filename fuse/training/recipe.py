@@ -199,11 +199,13 @@ class TrainingRecipe:
 
     def _setup_model(self) -> None:
         from fuse.models import build_model
+        from fuse.models.layer_mix import with_layer_count
 
         data = self.data
         self.metadata_spec = data.metadata.spec()
         try:
-            self.model = build_model(self.options.model, data.input_dims, data.n_classes, self.task, self.metadata_spec, **self.options.model_config)
+            model_config = with_layer_count(self.options.model_config, data.feature_sets)
+            self.model = build_model(self.options.model, data.input_dims, data.n_classes, self.task, self.metadata_spec, **model_config)
         except (ValueError, TypeError) as exc:
             raise TrainingError(f"model {self.options.model!r} cannot be built for this data: {exc}") from None
         self.model.to(self.device)
