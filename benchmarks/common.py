@@ -62,3 +62,21 @@ def run_extraction(config: dict, data: Path, work: Path, cache_name: str) -> dic
         "feature_sets": feature_sets,
         "n_utterances": report["n_utterances"],
     }
+
+
+def run_record(argv: list[str] | None = None) -> dict:
+    """The commit a benchmark ran at and the command that ran it, for its results.json.
+
+    `dirty` lists files changed since the commit (git status --porcelain, this folder's own
+    work/ excluded by .gitignore): a figure from a dirty tree is not the commit's figure.
+    """
+    argv = list(sys.argv if argv is None else argv)
+    script = Path(argv[0]).resolve() if argv else None
+    command = " ".join(["python", str(script.relative_to(ROOT)) if script and script.is_relative_to(ROOT) else (argv[0] if argv else "?"), *argv[1:]])
+
+    def git(*args: str) -> str:
+        done = subprocess.run(["git", "-C", str(ROOT), *args], capture_output=True, text=True)
+        return done.stdout.strip() if done.returncode == 0 else ""
+
+    dirty = [line[3:] for line in git("status", "--porcelain").splitlines() if line.strip()]
+    return {"commit": git("rev-parse", "HEAD") or None, "dirty": dirty, "command": command}
