@@ -11,6 +11,8 @@ reference formulas (tests/test_losses.py) and reused outside the models.
   optional memory queue (MoCo-style) whose rows act as extra contrast samples but never as
   anchors, because queue rows carry no gradient.
 - `weighted_bce`: binary cross-entropy with per-class positive weights (CARAT's weighted BCE).
+- `balanced_class_weights`: the per-class weights of the `class_weights: balanced` training
+  option, scikit-learn's `class_weight="balanced"`.
 """
 from __future__ import annotations
 
@@ -55,6 +57,29 @@ def focal_loss(
         return per_sample.mean()
     weights = class_weights.to(per_sample)[target]
     return (weights * per_sample).sum() / weights.sum().clamp(min=torch.finfo(per_sample.dtype).tiny)
+
+
+def balanced_class_weights(labels, n_classes: int) -> tuple[float, ...]:
+    """Inverse class frequency, w_c = n / (k * count_c), scikit-learn's "balanced" formula.
+
+    `labels`: the training split's class indices (values < 0, unlabelled, are left out); n is
+    their number and k the number of classes among them, so the weights equal
+    `sklearn.utils.class_weight.compute_class_weight("balanced", classes=np.unique(y), y=y)`
+    and a sample's mean weight is 1. A class absent from training has no term to weight; it
+    gets 1.0 (neutral) so that dev/test utterances of it still count in the dev loss.
+    """
+    import numpy as np
+
+    y = np.asarray(labels, dtype=np.int64).reshape(-1)
+    y = y[y >= 0]
+    if len(y) == 0:
+        raise ValueError("balanced class weights need labelled training utterances, found none")
+    if int(y.max()) >= n_classes:
+        raise ValueError(f"balanced class weights: label {int(y.max())} is out of range for {n_classes} classes")
+    counts = np.bincount(y, minlength=n_classes)
+    k = int((counts > 0).sum())
+    weights = np.where(counts > 0, len(y) / (k * np.maximum(counts, 1)), 1.0)
+    return tuple(float(w) for w in weights)
 
 
 def weighted_bce(

@@ -92,6 +92,11 @@ class LearningOptions:
     threshold: float | None = Field(None, ge=0, le=1, description="Multi-label decision threshold [model default, else 0.5].")
     tune_threshold: bool = Field(False, description="Multi-label: pick the threshold on dev after training.")
     model_config: dict[str, Any] = Field(default_factory=dict, description="Model config override KEY=VALUE (repeatable).", json_schema_extra={"cli": "--set"})
+    class_weights: Literal["none", "balanced"] = Field(
+        "none",
+        description="Single-label loss weights: balanced = inverse class frequency of the train split, n/(k*count) (sklearn's); "
+        "none = the model's (model_config.class_weights, else equal).",
+    )
     max_bad_steps: int = Field(5, ge=1, description="Stop after this many NaN/inf steps in a row.")
     modality_dropout: float = Field(
         0.0, ge=0, le=1, description="Training: hide each modality of each utterance with this probability (never all of them), 0 = off."
@@ -206,7 +211,19 @@ def parse_options(values: Mapping[str, Any], source: str = "options") -> TrainOp
     except ValidationError as exc:
         raise OptionsError(f"{source}: " + "; ".join(_describe(e) for e in exc.errors()[:3])) from None
     options.model_config = _check_model_config(options.model, options.model_config, source)
+    if options.class_weights == "balanced":
+        _check_balanced_weights(options, source)
     return options
+
+
+def _check_balanced_weights(options: TrainOptions, source: str) -> None:
+    """`class_weights: balanced` computes the model's class_weights setting: never both."""
+    from fuse.models import MODELS
+
+    if "class_weights" not in {f.name for f in dataclasses.fields(MODELS[options.model][0])}:
+        raise OptionsError(f"{source}: class_weights balanced: model {options.model!r} has no class weights (its loss has its own weighting)")
+    if options.model_config.get("class_weights") is not None:
+        raise OptionsError(f"{source}: class_weights balanced computes the weights; drop model_config.class_weights or set class_weights none")
 
 
 def _check_model_config(model: str, settings: dict[str, Any], source: str) -> dict[str, Any]:

@@ -9,7 +9,7 @@ from cache_schema import open_cache
 from fuse.batch import future_key
 from fuse.data import DataError, FeatureData, inspect_task, resolve_splits
 from fuse.data.dialogue import context_rows, future_context_rows
-from fuse.data.selection import dialogue_keys
+from fuse.data.selection import dialogue_keys, speaker_keys
 from fuse.testing.synthetic_cache import make_synthetic_cache
 
 
@@ -217,6 +217,42 @@ def test_dev_is_carved_from_train_by_dialogue_when_absent(tmp_path):
     assert not set(dialogue[data.splits.dev]) & set(dialogue[data.splits.train])
     again = _data(c, normalisation="global")
     assert again.splits.dev.tolist() == data.splits.dev.tolist()
+
+
+def test_speaker_independent_split_carves_dev_as_whole_speakers(tmp_path):
+    # Gunther speaks every test utterance and none in train: a speaker-independent split.
+    c = open_cache(make_synthetic_cache(tmp_path / "c.zarr", n_dialogues=20, with_dev=False, test_speaker="Gunther"))
+    data = _data(c)
+    speaker = np.asarray(c.column("speaker"), dtype=object)
+    dev_speakers, train_speakers = set(speaker[data.splits.dev]), set(speaker[data.splits.train])
+    assert data.splits.dev_rule == "speakers" and len(dev_speakers) == 1
+    assert not dev_speakers & train_speakers, "a carved dev speaker must have no training utterance"
+    assert len(data.splits.dev) == int(np.isin(speaker, list(dev_speakers)).sum()), "the whole speaker, every utterance"
+    assert "speaker-independent" in data.splits.note and "carved 1 of 4 training speakers" in data.splits.note
+    assert data.summary()["dev_split"] == data.splits.note  # the run records the rule
+    assert _data(c, normalisation="global").splits.dev.tolist() == data.splits.dev.tolist()  # fixed seed
+
+
+def test_dev_is_carved_by_dialogue_when_test_speakers_are_seen_in_train(tmp_path):
+    c = open_cache(make_synthetic_cache(tmp_path / "c.zarr", n_dialogues=20, with_dev=False))
+    splits = _data(c).splits
+    assert splits.dev_rule == "dialogues"
+    assert "not by speaker:" in splits.note and "test speakers are also in train" in splits.note
+
+
+def test_speaker_carving_needs_named_speakers_and_two_of_them():
+    split = np.array(["train"] * 6 + ["test"] * 2, dtype=object)
+    no_dialogue = np.array([""] * 8, dtype=object)
+    columns = {"dataset": np.array(["d"] * 8, dtype=object), "speaker": np.array(["a", "a", "b", "b", "c", "c", "t", "t"], dtype=object)}
+    by_speaker = resolve_splits(split, no_dialogue, speakers=speaker_keys(columns))
+    assert by_speaker.dev_rule == "speakers" and len(by_speaker.dev) == 2
+    columns["speaker"][0] = ""  # one training utterance of unknown speaker could be a test speaker
+    assert resolve_splits(split, no_dialogue, speakers=speaker_keys(columns)).dev_rule == "utterances"
+    single = {"dataset": columns["dataset"], "speaker": np.array(["a"] * 6 + ["t"] * 2, dtype=object)}
+    assert "single speaker" in resolve_splits(split, no_dialogue, speakers=speaker_keys(single)).note
+    # The same speaker name in two datasets is two people: test "a" of dataset e is unseen.
+    other = {"dataset": np.array(["d"] * 6 + ["e"] * 2, dtype=object), "speaker": np.array(["a", "a", "b", "b", "c", "c", "a", "a"], dtype=object)}
+    assert resolve_splits(split, no_dialogue, speakers=speaker_keys(other)).dev_rule == "speakers"
 
 
 def test_split_aliases_and_utterance_carving():

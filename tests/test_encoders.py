@@ -27,7 +27,7 @@ from extract.encoders import (
     build_encoder,
     resolve_checkpoint,
 )
-from extract.media import MediaError
+from extract.media import MediaError, load_audio
 
 HIDDEN = 32
 WORDS = ("[PAD] [UNK] [CLS] [SEP] [MASK] the a cat dog sat on mat is was happy sad angry i you am not "
@@ -361,6 +361,28 @@ def test_egemaps_lld_on_emodb(emodb_dir):
     provenance = functionals.provenance()
     assert_contract_keys(provenance)
     assert provenance["pooling"] == "functionals" and provenance["frame_rate"] == "utterance"
+
+
+def test_opensmile_runs_on_the_native_rate_by_default_and_resamples_when_asked(emodb_dir):
+    path = sorted((emodb_dir / "wav").glob("*.wav"))[0]
+    with wave.open(str(path)) as handle:
+        native_rate = handle.getframerate()
+    assert native_rate != 16000, "the check needs a file whose rate is not the resampler's"
+    native = build_encoder({"kind": "opensmile", "feature_level": "functionals"})
+    assert native.sample_rate == "native" and native.provenance()["sample_rate"] == "native"
+    item = native.prepare(Utterance(path.stem, audio_path=str(path)))
+    assert item.info["sample_rate"] == native_rate
+    # openSMILE reading the file itself (its own rate) is the reference for "no resampling".
+    np.testing.assert_array_equal(item.payload, native.smile.process_file(str(path)).to_numpy(dtype=np.float32))
+    resampled = build_encoder({"kind": "opensmile", "feature_level": "functionals", "sample_rate": 16000})
+    item16 = resampled.prepare(Utterance(path.stem, audio_path=str(path)))
+    assert item16.info["sample_rate"] == 16000 and item16.info["n_samples"] == 32000  # 2.0 s at 16 kHz
+    expected = resampled.smile.process_signal(load_audio(str(path), sample_rate=16000), 16000).to_numpy(dtype=np.float32)
+    np.testing.assert_array_equal(item16.payload, expected)
+    assert not np.allclose(item16.payload, item.payload, rtol=0.05), "resampling changes eGeMAPS values"
+    for bad in ("16k", 0, 16000.5, True):
+        with pytest.raises(ValueError, match="sample_rate must be 'native'"):
+            build_encoder({"kind": "opensmile", "sample_rate": bad})
 
 
 # --------------------------------------------------------------------------- GloVe

@@ -3,11 +3,12 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 
-from fuse.losses import focal_loss, supervised_contrastive_loss, weighted_bce
+from fuse.losses import balanced_class_weights, focal_loss, supervised_contrastive_loss, weighted_bce
 
 LOGITS = torch.tensor([[2.0, -1.0, 0.5], [0.1, 0.2, 0.3], [-3.0, 4.0, 1.0], [1.5, 1.5, -2.0]])
 TARGET = torch.tensor([0, 2, 1, 1])
@@ -158,3 +159,17 @@ def test_supcon_prefers_clustered_features():
     clustered = torch.tensor([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0], [0.1, 0.9]])
     mixed = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.9, 0.1], [0.1, 0.9]])
     assert supervised_contrastive_loss(clustered, labels, 0.1) < supervised_contrastive_loss(mixed, labels, 0.1)
+
+
+def test_balanced_class_weights_are_n_over_k_counts():
+    # 6 labelled utterances of 3 present classes (counts 3, 2, 1; class 3 absent; -1 unlabelled).
+    weights = balanced_class_weights([0, 0, 0, 1, 1, 2, -1], n_classes=4)
+    assert weights == pytest.approx((6 / (3 * 3), 6 / (3 * 2), 6 / (3 * 1), 1.0))
+    sklearn = pytest.importorskip("sklearn.utils.class_weight")
+    y = [2, 0, 0, 1, 1, 1, 1, 2, 0, 1]
+    expected = sklearn.compute_class_weight("balanced", classes=np.unique(y), y=np.array(y))
+    assert balanced_class_weights(y, 3) == pytest.approx(tuple(expected))
+    with pytest.raises(ValueError, match="out of range for 2 classes"):
+        balanced_class_weights([0, 2], 2)
+    with pytest.raises(ValueError, match="found none"):
+        balanced_class_weights([-1, -1], 2)

@@ -194,3 +194,38 @@ def test_speaker_normalisation_run_saves_training_statistics_only(tmp_path):
     assert saved["mode"] == "speaker" and "Ross" in groups and "Gunther" not in groups
     loaded = runs.load_run(tmp_path / "run")  # Gunther's statistics are fit again, on this cache
     assert "Gunther" in loaded.data.normaliser.norms["audio.synthetic"].groups
+
+
+def test_balanced_class_weights_weight_the_loss_by_inverse_training_frequency(tmp_path):
+    from fuse.data import FeatureData
+    from fuse.losses import focal_loss
+    from fuse.options import OptionsError, parse_options
+    from cache_schema import open_cache
+
+    # Random labels over 4 classes: the training counts differ (checked below), so do the weights.
+    path = make_synthetic_cache(tmp_path / "c.zarr", classes=("neutral", "joy", "anger", "neutral2"))
+    labels = np.asarray(open_cache(path).column("label")).copy()
+    data = FeatureData.for_training(open_cache(path), {}, normalisation="none")
+    train_labels = labels[data.indices("train")]
+    counts = np.bincount(train_labels, minlength=4)
+    expected = len(train_labels) / (4 * counts)
+    result = train(_options(path, tmp_path / "run", epochs=1, class_weights="balanced", model_config={"loss": "cross_entropy"}), echo=_quiet)
+    record = runs.load_checkpoint(result.run_dir / "best.pt").model["config"]
+    np.testing.assert_allclose(record["class_weights"], expected, rtol=1e-6)
+    assert not np.allclose(expected, 1.0), "the fixture must be imbalanced for this test to mean anything"
+    assert parse_options({"model": "late"}).class_weights == "none"  # off unless asked for
+    # The weights enter the loss as defined: the model's loss equals weighted cross-entropy.
+    model = runs.load_run(result.run_dir).model
+    logits = torch.randn(5, 4)
+    target = torch.tensor([0, 1, 2, 3, 0])
+    batch = type("B", (), {"label": target, "labels_multi": None})()
+    got = model.classification_loss(logits, batch)
+    want = torch.nn.functional.cross_entropy(logits, target, weight=torch.tensor(expected, dtype=torch.float32))
+    assert got.item() == pytest.approx(want.item(), rel=1e-5)
+    assert got.item() != pytest.approx(torch.nn.functional.cross_entropy(logits, target).item(), rel=1e-3)
+    with pytest.raises(OptionsError, match="drop model_config.class_weights"):
+        parse_options({"model": "late", "class_weights": "balanced", "model_config": {"class_weights": [1.0, 2.0, 1.0, 1.0]}})
+    with pytest.raises(OptionsError, match="model 'carat' has no class weights"):
+        parse_options({"model": "carat", "class_weights": "balanced"})
+    with pytest.raises(OptionsError, match="class_weights"):
+        parse_options({"model": "late", "class_weights": "inverse"})

@@ -1,22 +1,28 @@
-"""EmoDB benchmark: eGeMAPS extraction through the workflow, then leave-one-speaker-out training.
+"""EmoDB benchmark: openSMILE extraction through the workflow, then leave-one-speaker-out training.
 
-    python benchmarks/emodb/run.py [--data ../shared/data/emodb] [--seeds 1] [--fresh] [--jobs 1]
+    python benchmarks/emodb/run.py [--data ../shared/data/emodb] [--seeds 1,2,3] [--fresh] [--jobs 1]
+                                   [--systems NAME,NAME] [--out results.json]
 
 1. Extraction: `snakemake extract --cores 2` on config.yaml's `extract` block: eGeMAPSv02
    low-level descriptors (25-d at 100 Hz) and functionals (88-d, one row) and the ComParE 2016
-   functionals (6373-d, one row) with opensmile, into
-   benchmarks/emodb/work/emodb.zarr (reused when up to date; `--fresh` redoes everything).
-2. Folds: one per speaker. Fold k: test = speaker k, dev = the next speaker (sorted order,
-   wrapping), train = the other six. Each fold's split is written into a split view of the
-   cache (fuse.data.split_view; the feature sets are symbolic links, nothing is re-extracted),
-   and config.yaml's `train` grid x --seeds runs as one `fuse sweep` on it.
+   functionals (6373-d, one row) with opensmile at the files' native 22.05 kHz (the encoder's
+   default), plus both functionals sets from audio resampled to 16 kHz for the SVM reference,
+   into benchmarks/emodb/work/emodb.zarr (reused when up to date; `--fresh` redoes everything).
+2. Folds: one per speaker. Fold k: test = speaker k, train = the other seven. The split view
+   has no dev split, so the trainer carves one: the split is speaker-independent, so dev is
+   one whole training speaker (fuse.data.selection, fixed seed; issue 18), and early stopping
+   and the best epoch are chosen on an unseen speaker, as the test is. Each fold's split is
+   written into a split view of the cache (fuse.data.split_view; the feature sets are symbolic
+   links, nothing is re-extracted), and config.yaml's `systems` x --seeds run as one
+   `fuse sweep` on it.
 3. Reference: a linear SVM (scikit-learn, C=1) on each functionals set and the same folds, trained on
-   train + dev, with global or per-speaker standardisation; it reproduces the literature's
-   anchor setting on this copy of EmoDB (8 of 10 speakers, 2 s clips), so the anchors and our
-   numbers can be compared on equal data.
-4. results.json beside this file: UAR and macro F1 on the held-out speaker, mean ± std over
-   folds (x seeds), per-fold values, timings, machine, anchors, target. The system checked
-   against the target is the one with the best mean UAR on the folds' dev speakers.
+   all seven non-test speakers (the trainer's train + dev), with global or per-speaker
+   standardisation; it reproduces the literature's anchor setting on this copy of EmoDB (8 of
+   10 speakers, 2 s clips), so the anchors and our numbers can be compared on equal data.
+4. results.json beside this file (or --out): UAR and macro F1 on the held-out speaker, mean ±
+   std over folds x seeds, per-fold values, timings, machine, commit and command, anchors,
+   target. The system checked against the target is the one with the best mean UAR on the
+   folds' dev speakers, never on the test speakers.
 """
 from __future__ import annotations
 
@@ -33,24 +39,39 @@ import yaml
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
 sys.path.insert(0, str(ROOT))
-from benchmarks.common import machine, run_extraction  # noqa: E402
+from benchmarks.common import machine, run_extraction, run_record  # noqa: E402
 
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "emodb"
 REPORTED = ("uar", "macro_f1", "accuracy")
-SHORT = {"audio.egemaps-functionals": "functionals", "audio.egemaps-lld": "LLD", "audio.compare-functionals": "ComParE functionals"}
+SHORT = {
+    "audio.egemaps-functionals": "eGeMAPS functionals",
+    "audio.egemaps-lld": "eGeMAPS LLD",
+    "audio.compare-functionals": "ComParE functionals",
+    "audio.egemaps-functionals-16k": "eGeMAPS functionals, 16 kHz",
+    "audio.compare-functionals-16k": "ComParE functionals, 16 kHz",
+}
+SVM_FEATURES = ("audio.egemaps-functionals", "audio.compare-functionals", "audio.egemaps-functionals-16k", "audio.compare-functionals-16k")
 
 
 def speaker_folds(speakers: np.ndarray) -> list[dict]:
-    """Leave one speaker out; the next speaker (sorted, wrapping) is the fold's dev split."""
+    """Leave one speaker out: test = that speaker, train = the others (dev is carved by the trainer)."""
     order = sorted(set(speakers.tolist()))
     if len(order) < 3:
         raise SystemExit(f"need at least 3 speakers for train/dev/test folds, found {order}")
-    folds = []
-    for k, test in enumerate(order):
-        dev = order[(k + 1) % len(order)]
-        splits = np.where(speakers == test, "test", np.where(speakers == dev, "dev", "train"))
-        folds.append({"test_speaker": test, "dev_speaker": dev, "splits": splits.tolist()})
-    return folds
+    return [{"test_speaker": test, "splits": np.where(speakers == test, "test", "train").tolist()} for test in order]
+
+
+def carved_dev_speakers(view_path: Path) -> tuple[list[str], str]:
+    """The speakers the trainer's dev carve takes from a fold's view, and its note."""
+    from cache_schema import open_cache
+    from fuse.data.selection import dialogue_keys, resolve_splits, speaker_keys
+
+    view = open_cache(view_path)
+    columns = {c: view.column(c) for c in ("split", "dataset", "dialogue_id", "speaker")}
+    splits = resolve_splits(columns["split"], dialogue_keys(columns), speakers=speaker_keys(columns))
+    if splits.dev_rule != "speakers":
+        raise SystemExit(f"{view_path}: the dev carve did not take whole speakers: {splits.note}")
+    return sorted(set(np.asarray(columns["speaker"], dtype=object)[splits.dev].astype(str).tolist())), splits.note
 
 
 def svm_reference(cache_path: str, folds: list[dict]) -> dict:
@@ -67,7 +88,7 @@ def svm_reference(cache_path: str, folds: list[dict]) -> dict:
     names = list(cache.table.label_names)
     speakers = np.asarray(cache.column("speaker"), dtype=object).astype(str)
     out = {}
-    for name in ("audio.egemaps-functionals", "audio.compare-functionals"):
+    for name in SVM_FEATURES:
         if name not in cache.feature_names():
             continue
         fs = cache[name]
@@ -104,15 +125,25 @@ def main() -> None:
     parser.add_argument("--seeds", default="1", help="comma-separated seeds (each fold is trained once per seed)")
     parser.add_argument("--jobs", type=int, default=1, help="sweep worker processes per fold")
     parser.add_argument("--fresh", action="store_true", help="delete work/ first (re-extract, retrain)")
+    parser.add_argument("--systems", default="", help="comma-separated names of config.yaml's systems to run [all]")
+    parser.add_argument("--out", type=Path, default=HERE / "results.json", help="results file [results.json beside run.py]")
     args = parser.parse_args()
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     wav_root = args.data / "wav" if (args.data / "wav").is_dir() else args.data
     if not any(wav_root.glob("*.wav")):
         raise SystemExit(f"no EmoDB wav files in {wav_root} (give --data)")
     config = yaml.safe_load((HERE / "config.yaml").read_text())
+    systems = dict(config["train"]["systems"])
+    if args.systems:
+        wanted = [s.strip() for s in args.systems.split(",") if s.strip()]
+        unknown = [s for s in wanted if s not in systems]
+        if unknown:
+            raise SystemExit(f"--systems: no system {unknown[0]!r} in config.yaml (systems: {', '.join(systems)})")
+        systems = {s: systems[s] for s in wanted}
     work = HERE / "work"
     if args.fresh and work.exists():
         shutil.rmtree(work)
+    record = run_record()
 
     started = time.perf_counter()
     extraction = run_extraction(config, wav_root, work, "emodb.zarr")
@@ -124,30 +155,37 @@ def main() -> None:
 
     speakers = np.asarray(open_cache(extraction["cache"]).column("speaker"), dtype=object).astype(str)
     folds = speaker_folds(speakers)
-    grid = dict(config["train"]["grid"])
-    grid["seed"] = seeds
-    plan = expand({"base": config["train"]["base"], "grid": grid}, source=str(HERE / "config.yaml"))
+    # One `runs:` sweep per fold: every system x seed; entries[i] is plan.runs[i].
+    entries = [(name, {**options, "seed": seed}) for name, options in systems.items() for seed in seeds]
+    plan = expand({"base": config["train"]["base"], "runs": [e for _, e in entries]}, source=str(HERE / "config.yaml"))
 
     train_started = time.perf_counter()
     scores: dict[str, dict[str, list[float]]] = {}
-    per_fold: dict[str, dict[str, float]] = {}
+    per_fold: dict[str, dict[str, list[float]]] = {}
     dev_scores: dict[str, list[float]] = {}  # the folds' dev speakers: used to pick the reported system
+    best_epochs: dict[str, list[int]] = {}
+    run_seconds: dict[str, list[float]] = {}
     for fold in folds:
         name = f"speaker-{fold['test_speaker']}"
         view = split_view(extraction["cache"], work / "folds" / f"{name}.zarr", fold["splits"])
-        print(f"fold {name}: test speaker {fold['test_speaker']}, dev speaker {fold['dev_speaker']}", flush=True)
+        fold["dev_speakers"], fold["dev_note"] = carved_dev_speakers(view)
+        print(f"fold {name}: test speaker {fold['test_speaker']}, carved dev speaker(s) {', '.join(fold['dev_speakers'])}", flush=True)
+        fold_started = time.perf_counter()
         result = run_sweep(plan, view, work / "folds" / name / "sweep", jobs=args.jobs, echo=lambda *_: None)
         if result.failed:
             raise SystemExit(f"fold {name}: runs failed: {result.failed}")
-        for run in plan.runs:
-            system = f"late / {SHORT[run.options['audio']]} / {run.options['normalisation']}"
-            run_splits = json.loads((work / "folds" / name / "sweep" / run.name / "metrics.json").read_text())["splits"]
+        for (system, _), run in zip(entries, plan.runs):
+            metrics_file = json.loads((work / "folds" / name / "sweep" / run.name / "metrics.json").read_text())
+            run_splits = metrics_file["splits"]
             metrics, dev_uar = run_splits["test"], run_splits["dev"]["uar"]
             dev_scores.setdefault(system, []).append(dev_uar)
             for m in REPORTED:
                 scores.setdefault(system, {k: [] for k in REPORTED})[m].append(metrics[m])
             per_fold.setdefault(system, {}).setdefault(fold["test_speaker"], []).append(metrics["uar"])
-        print("  " + ", ".join(f"{s}: UAR {np.mean(v['uar'][-len(seeds):]):.3f}" for s, v in scores.items()), flush=True)
+            if metrics_file.get("best_epoch") is not None:
+                best_epochs.setdefault(system, []).append(int(metrics_file["best_epoch"]))
+        print(f"  ({time.perf_counter() - fold_started:.0f} s) " + ", ".join(
+            f"{s}: UAR {np.mean(v['uar'][-len(seeds):]):.3f} dev {np.mean(dev_scores[s][-len(seeds):]):.3f}" for s, v in scores.items()), flush=True)
     train_seconds = time.perf_counter() - train_started
 
     svm = svm_reference(extraction["cache"], folds)
@@ -155,9 +193,11 @@ def main() -> None:
     for system, values in scores.items():
         stats = {m: summarise(v) for m, v in values.items()}
         results[system] = {
+            "options": systems[system],
             **{m: f"{stats[m]['mean']:.4f} ± {stats[m]['std']:.4f}" for m in REPORTED},
             "dev_uar (selection)": round(float(np.mean(dev_scores[system])), 4),
             "uar_per_fold (mean over seeds)": [round(float(np.mean(per_fold[system][f["test_speaker"]])), 4) for f in folds],
+            "best_epoch (mean)": round(float(np.mean(best_epochs[system])), 1) if best_epochs.get(system) else None,
         }
     reference = {k: {m: f"{v[m]['mean']:.4f} ± {v[m]['std']:.4f}" for m in v} for k, v in svm.items()}
     # The reported system is chosen by the mean UAR of the folds' dev speakers, never by test.
@@ -165,15 +205,17 @@ def main() -> None:
     achieved = float(np.mean(scores[best]["uar"]))
     target = config["target"]
     out = {
-        "command": "python benchmarks/emodb/run.py --seeds " + ",".join(map(str, seeds)),
+        **record,
         "machine": machine(),
         "data": f"EmoDB ({wav_root}): {extraction['n_utterances']} utterances, speakers {sorted(set(speakers.tolist()))}",
         "protocol": (
-            f"leave one speaker out ({len(folds)} folds); dev (early stopping) = the next speaker, train = the other "
-            f"{len(set(speakers.tolist())) - 2}; mean ± sample std over folds"
+            f"leave one speaker out ({len(folds)} folds); train = the other {len(set(speakers.tolist())) - 1} speakers, of which "
+            "the trainer carves one whole speaker as dev (early stopping, best epoch); mean ± sample std over folds"
             + (f" x seeds {seeds}" if len(seeds) > 1 else f", seed {seeds[0]}")
         ),
-        "fold_test_speakers": [f["test_speaker"] for f in folds],
+        "base_options": config["train"]["base"],
+        "folds": [{"test_speaker": f["test_speaker"], "dev_speakers": f["dev_speakers"]} for f in folds],
+        "dev_carve_note (fold 1)": folds[0]["dev_note"],
         "results": results,
         "svm_reference_same_folds": reference,
         "target": {
@@ -191,14 +233,15 @@ def main() -> None:
             "extraction_encode_per_feature_set": extraction["encode_seconds"],
             "training_all_folds_wall": round(train_seconds, 1),
             "runs": len(folds) * len(plan.runs),
+            "jobs": args.jobs,
             "total_wall": round(time.perf_counter() - started, 1),
         },
     }
-    (HERE / "results.json").write_text(json.dumps(out, indent=1, ensure_ascii=False) + "\n")
+    args.out.write_text(json.dumps(out, indent=1, ensure_ascii=False) + "\n")
     print(json.dumps(out["results"], indent=1, ensure_ascii=False))
     print(json.dumps(out["svm_reference_same_folds"], indent=1, ensure_ascii=False))
     print(json.dumps(out["target"], indent=1))
-    print(f"wrote {HERE / 'results.json'}")
+    print(f"wrote {args.out}")
 
 
 if __name__ == "__main__":

@@ -9,10 +9,13 @@ affective speech, Eyben et al. 2016):
 * ``feature_level="functionals"``: the 88 utterance-level functionals, one row per
   utterance, ``frame_rate = "utterance"``, ``pooling = "functionals"``.
 
-The waveform is the utterance's audio decoded by :func:`extract.media.load_audio` at 16 kHz
-mono (the same input Wav2Vec2 gets); ``Smile.process_signal`` runs inside ``prepare`` because
-it is pure CPU work that DataLoader workers can parallelise; ``encode_batch`` only hands the
-arrays over.
+The waveform is the utterance's audio decoded by :func:`extract.media.load_audio` to mono at
+the file's own sample rate (``sample_rate="native"``, the default): openSMILE's feature sets
+are defined on the signal as recorded, and resampling EmoDB's 22.05 kHz files to 16 kHz moved
+some eGeMAPS values many-fold and cost an eGeMAPS+SVM baseline UAR on unseen speakers
+(issue 18). ``sample_rate=16000`` (any positive integer) resamples first, as Wav2Vec2's input
+is, with ``resampler``. ``Smile.process_signal`` runs inside ``prepare`` because it is pure
+CPU work that DataLoader workers can parallelise; ``encode_batch`` only hands the arrays over.
 """
 from __future__ import annotations
 
@@ -21,10 +24,11 @@ from typing import Any
 
 import numpy as np
 
-from ..media import audio_duration, load_audio
+from ..media import audio_duration, audio_sample_rate, load_audio
 from .base import Encoder, EncoderInputError, PreparedItem, library_versions, sha256_file, utterance_field
 
 FEATURE_LEVELS = ("lld", "functionals")
+NATIVE = "native"  # sample_rate: the file's own rate, no resampling
 
 
 class OpenSmileEncoder(Encoder):
@@ -35,7 +39,8 @@ class OpenSmileEncoder(Encoder):
         feature_set: an ``opensmile.FeatureSet`` member name ("eGeMAPSv02" default,
             "GeMAPSv01b", "ComParE_2016", ...).
         name: feature-set name; default ``audio.<feature_set lowercased>-<feature_level>``.
-        sample_rate: rate the audio is decoded to (16 kHz).
+        sample_rate: "native" (default: the file's own rate, no resampling) or a rate in Hz
+            the audio is resampled to first (e.g. 16000).
         max_audio_seconds: refuse longer utterances (load_audio guard).
         resampler: "soxr" or "torchaudio".
     """
@@ -51,7 +56,7 @@ class OpenSmileEncoder(Encoder):
         feature_level: str = "lld",
         feature_set: str = "eGeMAPSv02",
         name: str | None = None,
-        sample_rate: int = 16000,
+        sample_rate: int | str = NATIVE,
         max_audio_seconds: float = 3600.0,
         resampler: str = "soxr",
     ):
@@ -67,7 +72,9 @@ class OpenSmileEncoder(Encoder):
         self.smile = opensmile.Smile(feature_set=getattr(opensmile.FeatureSet, feature_set), feature_level=level)
         self.feature_level = feature_level
         self.feature_set = feature_set
-        self.sample_rate = int(sample_rate)
+        if sample_rate != NATIVE and (isinstance(sample_rate, bool) or not isinstance(sample_rate, int) or sample_rate < 1):
+            raise ValueError(f"sample_rate must be {NATIVE!r} (the file's own rate) or a positive integer in Hz, got {sample_rate!r}")
+        self.sample_rate = sample_rate
         self.max_audio_seconds = max_audio_seconds
         self.resampler = resampler
         self.feature_names = list(self.smile.feature_names)
@@ -92,17 +99,19 @@ class OpenSmileEncoder(Encoder):
         path = utterance_field(utterance, "audio_path")
         if not path:
             raise EncoderInputError(utterance_id, "no audio_path")
+        # Native: decoding at the header's rate makes load_audio pass the samples through unresampled.
+        rate = audio_sample_rate(path) if self.sample_rate == NATIVE else self.sample_rate
         waveform = load_audio(path, start=utterance_field(utterance, "start"), end=utterance_field(utterance, "end"),
-                              sample_rate=self.sample_rate, resampler=self.resampler,
+                              sample_rate=rate, resampler=self.resampler,
                               max_seconds=self.max_audio_seconds)
-        features = self.smile.process_signal(waveform, self.sample_rate).to_numpy(dtype=np.float32)
+        features = self.smile.process_signal(waveform, rate).to_numpy(dtype=np.float32)
         if features.shape[0] == 0:
             raise EncoderInputError(utterance_id, f"{path}: audio of {len(waveform)} samples is too short "
                                                   "for one openSMILE frame (60 ms)")
         if not np.isfinite(features).all():
             raise EncoderInputError(utterance_id, f"{path}: openSMILE returned non-finite values")
         return PreparedItem(utterance_id, np.ascontiguousarray(features),
-                            {"n_samples": len(waveform), "n_frames": features.shape[0]})
+                            {"n_samples": len(waveform), "n_frames": features.shape[0], "sample_rate": rate})
 
     def encode_batch(self, items: list[PreparedItem]) -> list[np.ndarray]:
         self.run_stats["utterances"] += len(items)

@@ -40,7 +40,7 @@ def check_readable_file(path: str | os.PathLike) -> str:
 
 
 # Imported after MediaError so the submodules can import it from here.
-from .audio import audio_duration, iter_audio_windows, load_audio  # noqa: E402
+from .audio import audio_duration, audio_sample_rate, iter_audio_windows, load_audio  # noqa: E402
 from .video import (  # noqa: E402
     IMAGENET_MEAN,
     IMAGENET_STD,
@@ -54,6 +54,7 @@ __all__ = [
     "load_audio",
     "iter_audio_windows",
     "audio_duration",
+    "audio_sample_rate",
     "load_video_frames",
     "sample_frame_timestamps",
     "IMAGENET_MEAN",

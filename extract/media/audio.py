@@ -137,6 +137,17 @@ def audio_duration(path: str | os.PathLike) -> float | None:
     return None
 
 
+def audio_sample_rate(path: str | os.PathLike) -> int:
+    """The audio track's own sample rate from the container header (no decoding)."""
+    path = check_readable_file(path)
+    container, stream = _open_audio(path)
+    container.close()
+    rate = int(stream.codec_context.sample_rate or stream.rate or 0)
+    if rate <= 0:
+        raise MediaError(path, "audio stream has no sample rate")
+    return rate
+
+
 class _MonoBlocks:
     """Decode one audio track into native-rate mono float32 blocks covering [start, end).
 

@@ -43,7 +43,7 @@ from fuse.data.dialogue import context_rows, future_context_rows, utterance_mean
 from fuse.data.metadata import MetadataEncoding, default_metadata_columns
 from fuse.data.normalisation import AUTO, MODES, Normaliser, resolve_mode
 from fuse.data.readahead import read_ahead
-from fuse.data.selection import Splits, detect_task, dialogue_keys, resolve_splits, select_feature_sets
+from fuse.data.selection import Splits, detect_task, dialogue_keys, resolve_splits, select_feature_sets, speaker_keys
 from fuse.data.spec import DEFAULT_BLOCK_MB, DEFAULT_MAX_LEN, DEFAULT_POOL_BLOCKS, DataError, DataSpec, primary_feature_set, rows_per_block
 
 
@@ -150,7 +150,7 @@ class FeatureData:
         lengths = {**DEFAULT_MAX_LEN, **(max_len or {})}
         if metadata is None:
             metadata = default_metadata_columns(table_columns)
-        splits = resolve_splits(table_columns["split"], dialogue_keys(table_columns))
+        splits = resolve_splits(table_columns["split"], dialogue_keys(table_columns), speakers=speaker_keys(table_columns))
         if normalisation != AUTO and normalisation not in MODES:
             raise DataError(f"normalisation {normalisation!r} is not one of {AUTO}, {', '.join(MODES)}")
         normalisation, normalisation_note = resolve_mode(normalisation, table_columns["speaker"], splits.train)
@@ -192,8 +192,8 @@ class FeatureData:
             raise DataError(
                 f"{cache.path}: lacks the run's feature set(s) {', '.join(missing)} (available: {', '.join(cache.feature_names()) or 'none'})"
             )
-        table_columns = {c: cache.column(c) for c in ("split", "dataset", "dialogue_id")}
-        splits = resolve_splits(table_columns["split"], dialogue_keys(table_columns))
+        table_columns = {c: cache.column(c) for c in ("split", "dataset", "dialogue_id", "speaker")}
+        splits = resolve_splits(table_columns["split"], dialogue_keys(table_columns), speakers=speaker_keys(table_columns))
         names = cache.table.label_names if spec.task == "single_label" else cache.table.labels_multi_names
         if list(names) and list(names) != list(spec.class_names):
             raise DataError(f"{cache.path}: classes {list(names)} differ from the run's {spec.class_names}")

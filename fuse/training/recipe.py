@@ -203,8 +203,11 @@ class TrainingRecipe:
 
         data = self.data
         self.metadata_spec = data.metadata.spec()
+        settings = dict(self.options.model_config)
+        if self.options.class_weights == "balanced":
+            settings["class_weights"] = self._balanced_class_weights()
         try:
-            model_config = with_layer_count(self.options.model_config, data.feature_sets)
+            model_config = with_layer_count(settings, data.feature_sets)
             self.model = build_model(self.options.model, data.input_dims, data.n_classes, self.task, self.metadata_spec, **model_config)
         except (ValueError, TypeError) as exc:
             raise TrainingError(f"model {self.options.model!r} cannot be built for this data: {exc}") from None
@@ -212,6 +215,17 @@ class TrainingRecipe:
         self.train_model = distributed.wrap_model(self.model, self.group, self.device)
         # A rank whose part of a global batch is empty runs this utterance with weight 0.
         self.stand_in = self.data.batch_for_rows(self.rows["train"][:1], with_labels=True) if self.group.enabled else None
+
+    def _balanced_class_weights(self) -> tuple[float, ...]:
+        """`class_weights: balanced` from the training split's labels (the same on --resume: the
+        split is deterministic); the model record of every checkpoint keeps the values."""
+        from fuse.losses import balanced_class_weights
+
+        if self.task != "single_label":
+            raise TrainingError("class_weights balanced is defined for single-label tasks; for multi-label give BCE positive weights as model_config.class_weights")
+        weights = balanced_class_weights(self.data.labels[self.rows["train"]], self.data.n_classes)
+        self.echo("class weights (balanced, train split): " + ", ".join(f"{c} {w:.3f}" for c, w in zip(self.class_names, weights)))
+        return weights
 
     def _setup_optimizer(self) -> None:
         options = self.options
