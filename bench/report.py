@@ -35,7 +35,6 @@ MEASURES = {
     "bench/results/attention_memory.json": ["fuse/models"],
     "bench/results/stage2_equivalence.json": STAGE_2,
     "bench/results/loader_equivalence.json": STAGE_2,
-    "bench/results/loader_equivalence.json": STAGE_2,
     "bench/results/demo.json": STAGE_1 + STAGE_2 + ["extract/demo", "Makefile", "setup.cfg"],
     "bench/results/demo_size.json": STAGE_1 + STAGE_2,
     "bench/results/robustness_demo.json": STAGE_1 + STAGE_2,
