@@ -78,5 +78,7 @@ def run_record(argv: list[str] | None = None) -> dict:
         done = subprocess.run(["git", "-C", str(ROOT), *args], capture_output=True, text=True)
         return done.stdout.strip() if done.returncode == 0 else ""
 
-    dirty = [line[3:] for line in git("status", "--porcelain").splitlines() if line.strip()]
+    # not git(): its strip() would eat the status column of the first line (" M path")
+    status = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain"], capture_output=True, text=True).stdout
+    dirty = [line[3:] for line in status.splitlines() if line.strip()]
     return {"commit": git("rev-parse", "HEAD") or None, "dirty": dirty, "command": command}
