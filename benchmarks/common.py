@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import shlex
 import subprocess
 import sys
 import time
@@ -72,7 +73,7 @@ def run_record(argv: list[str] | None = None) -> dict:
     """
     argv = list(sys.argv if argv is None else argv)
     script = Path(argv[0]).resolve() if argv else None
-    command = " ".join(["python", str(script.relative_to(ROOT)) if script and script.is_relative_to(ROOT) else (argv[0] if argv else "?"), *argv[1:]])
+    command = shlex.join(["python", str(script.relative_to(ROOT)) if script and script.is_relative_to(ROOT) else (argv[0] if argv else "?"), *argv[1:]])  # quoted: pastes back into a shell
 
     def git(*args: str) -> str:
         done = subprocess.run(["git", "-C", str(ROOT), *args], capture_output=True, text=True)
