@@ -43,7 +43,8 @@ MEASURES = {
 REAL_DATA_MEASURES = STAGE_1 + STAGE_2  # benchmarks/<data set>/results.json, plus its folder
 
 
-NOT_CODE = ":(exclude,glob)**/*.md"  # a docs-only change does not make a result stale
+# A docs-only change does not make a result stale, nor does writing the results themselves.
+NOT_CODE = (":(exclude,glob)**/*.md", ":(exclude,glob)**/results.json", ":(exclude,glob)bench/results/**")
 
 
 def _git(*args: str, root: Path = ROOT) -> str | None:
@@ -80,9 +81,9 @@ def freshness(path: Path, result: dict, root: Path = ROOT) -> tuple[bool, str]:
     if full is None:
         return False, f"**stale**: measured at {commit[:10]}, a commit this repository does not have"
     paths = measured_paths(path, result, root)
-    last = _git("log", "-1", "--format=%H", "--", *paths, NOT_CODE, root=root) if paths else None
+    last = _git("log", "-1", "--format=%H", "--", *paths, *NOT_CODE, root=root) if paths else None
     if last and _git("merge-base", "--is-ancestor", last, full, root=root) is None:
-        changed = _git("diff", "--name-only", full, last, "--", *paths, NOT_CODE, root=root) or ""
+        changed = _git("diff", "--name-only", full, last, "--", *paths, *NOT_CODE, root=root) or ""
         shown = ", ".join(changed.splitlines()[:3]) or ", ".join(paths)
         return False, f"**stale**: measured at {commit[:10]}; the code it measures changed since in {last[:10]} ({shown})"
     return True, f"current: measured at {commit[:10]}"
