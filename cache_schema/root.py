@@ -43,8 +43,11 @@ def _remote_root_meta(path) -> dict[str, Any]:
         raise NotACacheError(f"{path}: zarr.json is not valid JSON ({exc})") from None
 
 
-def _check_attrs(path, meta: dict[str, Any]) -> dict[str, Any]:
-    attrs = meta.get("attributes", {}).get(L.ROOT_ATTR)
+def _check_attrs(path, meta: Any) -> dict[str, Any]:
+    if not isinstance(meta, dict):  # valid JSON, but not a metadata object (e.g. a damaged file reading `0`)
+        raise NotACacheError(f"{path}: zarr.json is not a Zarr metadata object (found {type(meta).__name__})")
+    attributes = meta.get("attributes", {})
+    attrs = attributes.get(L.ROOT_ATTR) if isinstance(attributes, dict) else None
     if not isinstance(attrs, dict):
         raise NotACacheError(f"{path}: a Zarr group but not an emofuse cache (no '{L.ROOT_ATTR}' attribute)")
     version = attrs.get("schema_version")

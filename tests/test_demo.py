@@ -247,10 +247,11 @@ def test_rerun_replaces_an_earlier_demo_without_stale_clips(tmp_path):
 
 
 @pytest.mark.slow
-def test_full_size_demo_generates_in_seconds(tmp_path):
+def test_full_size_demo_generates(tmp_path):
+    # Its speed is bench/demo.py's business (a timed assertion fails on a loaded CI machine).
     started = time.perf_counter()
     summary = generate_demo(tmp_path / "demo48", seed=0)
     elapsed = time.perf_counter() - started
     print(f"\ndemo corpus, 48 dialogues: {sum(summary['utterances'].values())} clips in {elapsed:.1f} s")
     assert summary["dialogues"] == {"train": 34, "dev": 7, "test": 7}
-    assert elapsed < 120
+    assert sum(summary["utterances"].values()) == 295

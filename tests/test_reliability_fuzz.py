@@ -307,3 +307,13 @@ def test_damaged_root_metadata_is_refused_or_harmless(pristine_cache, data):
         assert cache.schema_version == 1
         assert list(table.ids) == list(reference.table.ids) and names == ["audio.a"]
         np.testing.assert_array_equal(values, expected_values)
+
+
+@pytest.mark.parametrize("text", ["0", "[]", '"x"', '{"attributes": 3}'])
+def test_root_metadata_that_is_json_but_not_an_object_is_refused(pristine_cache, tmp_path, text):
+    # Found by the fuzz test above: a zarr.json reading `0` escaped as an AttributeError.
+    path = tmp_path / "c.zarr"
+    shutil.copytree(pristine_cache, path)
+    (path / "zarr.json").write_text(text)
+    with pytest.raises(NotACacheError, match="c.zarr"):
+        open_cache(path)
