@@ -33,6 +33,7 @@ def sweep(cache, grid_file, out, jobs, metric, threads, dry_run, verbose, execut
 
     from cache_schema.store import absolute
     from fuse.sweep import SweepError, SweepInterrupted, load_grid, run_state, run_sweep
+    from fuse.sweep.execute import run_options
 
     if executor == "local" and (cores or profile):
         fail("--cores and --profile are options of --executor snakemake (the local executor takes --jobs)", 2)
@@ -55,7 +56,7 @@ def sweep(cache, grid_file, out, jobs, metric, threads, dry_run, verbose, execut
         if dry_run:
             cache_path = absolute(str(cache))
             for run in plan.runs:
-                options = {**run.options, "cache": cache_path, "out": str((Path(out) / run.name).resolve())}
+                options = run_options(run, cache_path, Path(out))
                 click.echo(f"{run.name}\t{run_state(Path(options['out']), options)}")
             click.echo(f"{len(plan.runs)} run(s)")
             return

@@ -260,6 +260,13 @@ class PreparedSweep:
     states: dict[str, str]  # run name -> run_state
 
 
+def run_options(run, cache: str, out: Path) -> dict[str, Any]:
+    """A planned run's full options: the sweep's cache and the run's folder set, no progress bars."""
+    options = {**run.options, "cache": cache, "out": str((Path(out) / run.name).resolve())}
+    options.setdefault("progress", False)
+    return options
+
+
 def prepare_sweep(plan: SweepPlan, cache: str | Path, out: Path) -> PreparedSweep:
     """Check the plan against the cache, fix each run's options and state, write plan.json.
 
@@ -270,11 +277,7 @@ def prepare_sweep(plan: SweepPlan, cache: str | Path, out: Path) -> PreparedSwee
     cache_path = absolute(str(cache))
     cache_handle = _preflight(plan, cache_path)
     out.mkdir(parents=True, exist_ok=True)
-    planned = {}
-    for run in plan.runs:
-        options = {**run.options, "cache": cache_path, "out": str((out / run.name).resolve())}
-        options.setdefault("progress", False)
-        planned[run.name] = options
+    planned = {run.name: run_options(run, cache_path, out) for run in plan.runs}
     states = {name: run_state(Path(options["out"]), options) for name, options in planned.items()}
     record = {"source": plan.source, "cache": cache_path, "runs": {r.name: {"label": r.label, "options": r.options, "identity": r.identity} for r in plan.runs}}
     write_json(out / PLAN_FILE, record)

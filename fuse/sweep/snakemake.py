@@ -27,7 +27,7 @@ from typing import Any, Callable
 import yaml
 
 from fuse.jsonio import read_json, write_json
-from fuse.sweep.execute import SWEEP_RECORD, SharedData, plan_from_record, prepare_sweep, run_task
+from fuse.sweep.execute import SWEEP_RECORD, SharedData, plan_from_record, prepare_sweep, run_options, run_task
 from fuse.sweep.grid import SweepError, SweepPlan
 from fuse.sweep.leaderboard import RUN_RECORD, leaderboard, write_leaderboards
 
@@ -176,14 +176,12 @@ def run_one(out: Path, name: str, threads: int) -> int:
     from fuse.sweep.state import run_state
 
     torch.set_num_threads(threads)
-    record = read_json(out / "plan.json")
-    if name not in record["runs"]:
+    plan = plan_from_record(out)  # plan.json, read once
+    run = plan.by_name().get(name)
+    if run is None:
         print(f"error: {out}/plan.json has no run {name!r}", file=sys.stderr)
         return 2
-    plan = plan_from_record(out)
-    run = plan.by_name()[name]
-    options = {**run.options, "cache": record["cache"], "out": str((out / name).resolve())}
-    options.setdefault("progress", False)
+    options = run_options(run, plan.cache, out)
     task = {"name": name, "identity": run.identity, "options": options, "state": run_state(out / name, options)}
     if task["state"] == "finished":  # finished by a local sweep that did not get to write its record
         write_json(out / name / RUN_RECORD, {"name": name, "identity": run.identity, "options": options, "state_at_start": "finished", "status": "finished", "error": None, "seconds": 0.0, "feature_data": None, "pid": os.getpid()})
