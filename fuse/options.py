@@ -37,7 +37,8 @@ NORMALISATIONS = ("auto", "global", "speaker", "none")
 # The `epochs` cap when none is given: generous, so that early stopping on dev (the model's
 # patience) decides how long a run trains, not the cap (issue 18: on MELD the seed's 15 and the
 # benchmark's 10 epochs stopped every run at its last epoch). The warmup and decay of the
-# learning-rate schedule are fractions of the cap's steps.
+# `linear` and `bert_adam` schedules are fractions of the cap's steps; `plateau` (the light
+# baselines' default) does not depend on the cap.
 DEFAULT_MAX_EPOCHS = 50
 
 
@@ -72,12 +73,14 @@ class LearningOptions:
     batch_size: int | None = Field(None, ge=1, description="[model default]")
     lr: float | None = Field(None, gt=0, description="Peak learning rate [model default].")
     weight_decay: float | None = Field(None, ge=0, description="[model default]")
-    warmup_ratio: float | None = Field(None, ge=0, le=1, description="Fraction of steps of linear warmup [model default].")
+    warmup_ratio: float | None = Field(None, ge=0, le=1, description="Fraction of the steps (plateau: of one epoch's steps) of linear warmup [model default].")
     grad_clip: float | None = Field(None, ge=0, description="Max gradient norm, 0 = off [model default].")
     patience: int | None = Field(None, ge=1, description="Early-stopping patience in epochs [model default].")
     amp: bool | None = Field(None, description="Mixed precision on CUDA [model default].")
-    scheduler: Literal["linear", "bert_adam", "constant"] | None = Field(
-        None, description="linear: warmup then linear decay; bert_adam: warmup then 1/sqrt (seed 2) [model default]."
+    scheduler: Literal["linear", "bert_adam", "constant", "plateau"] | None = Field(
+        None,
+        description="linear: warmup then linear decay over the epochs cap; bert_adam: warmup then 1/sqrt (seed 2); "
+        "plateau: warmup over part of one epoch, then halved when dev stalls for half the patience (independent of the cap) [model default].",
     )
     adam_betas: tuple[float, float] | None = Field(None, description="AdamW betas, e.g. 0.9,0.98 [model default].")
     adam_eps: float | None = Field(None, gt=0, description="AdamW epsilon [model default].")

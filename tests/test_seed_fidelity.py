@@ -16,7 +16,7 @@ from fuse.models import MODELS, build_model
 from fuse.models.carat import AdaptiveCTCAlignment, CARATConfig
 from fuse.models.cma import CrossModalAttention
 from fuse.models.video_encoder import TemporalVideoEncoder, VideoEncoderConfig
-from fuse.training.optim import bert_adam_factor, build_optimizer, build_scheduler, norm_and_bias_names, parameter_groups
+from fuse.training.optim import bert_adam_factor, build_optimizer, build_scheduler, end_epoch, norm_and_bias_names, parameter_groups
 from test_models import DIMS, N_CLASSES, TINY, build, make_batch, pad_batch
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -76,6 +76,38 @@ def test_linear_schedule_is_transformers_warmup_then_linear_decay():
     warmup = 5
     expected = [1e-3 * (s / warmup if s < warmup else (total - s) / (total - warmup)) for s in range(total)]
     assert lrs == pytest.approx(expected, rel=1e-12, abs=1e-18)
+
+
+def test_plateau_schedule_warms_up_within_one_epoch_and_halves_after_a_stall():
+    model = Tiny()
+    optimizer = build_optimizer(model, lr=1e-3, weight_decay=0.0, coef_lr=0.1, coef_lr_group=("encoders.",))
+    # 100 optimiser steps in the cap, 10 per epoch: warmup is 0.5 of one epoch, not of the cap
+    scheduler = build_scheduler(optimizer, "plateau", 0.5, 100, steps_per_epoch=10, patience=2)
+    lrs = lrs_over(scheduler, optimizer, 10)
+    assert lrs == pytest.approx([1e-3 * min(1.0, s / 5) for s in range(10)], rel=1e-12, abs=1e-18)
+    assert [end_epoch(scheduler, improved) for improved in (True, False)] == [False, False]
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(1e-3), "one stalled epoch is below the patience"
+    assert end_epoch(scheduler, False) is True
+    lrs = sorted(g["lr"] for g in optimizer.param_groups)
+    assert lrs == pytest.approx([5e-5, 5e-4]), "halved at once, and every group keeps its coef_lr ratio"
+    assert lrs_over(scheduler, optimizer, 3) == pytest.approx([5e-4] * 3), "the reduction holds for the following steps"
+    # the counter restarts after a reduction and on a gain
+    assert [end_epoch(scheduler, x) for x in (False, True, False)] == [False, False, False]
+    # LambdaLR's state_dict keeps the factor: a fresh scheduler loaded from it continues alike
+    fresh_optimizer = build_optimizer(Tiny(), lr=1e-3, weight_decay=0.0, coef_lr=0.1, coef_lr_group=("encoders.",))
+    fresh = build_scheduler(fresh_optimizer, "plateau", 0.5, 100, steps_per_epoch=10, patience=2)
+    fresh.load_state_dict(scheduler.state_dict())
+    assert end_epoch(fresh, False) is True and end_epoch(scheduler, False) is True
+    fresh.step(), scheduler.step()
+    assert fresh.get_last_lr() == pytest.approx(scheduler.get_last_lr())
+    assert sorted(fresh.get_last_lr()) == pytest.approx([2.5e-5, 2.5e-4])
+
+
+def test_other_schedules_ignore_end_epoch():
+    optimizer = build_optimizer(Tiny(), lr=1e-3, weight_decay=0.0)
+    scheduler = build_scheduler(optimizer, "constant", 0.0, 10)
+    assert not any(end_epoch(scheduler, False) for _ in range(5))
+    assert optimizer.param_groups[0]["lr"] == 1e-3
 
 
 def test_scheduler_rejects_unknown_kind():

@@ -94,6 +94,28 @@ def test_resumed_run_ends_like_an_uninterrupted_one(cache_path, tmp_path):
     assert again.metrics == resumed.metrics
 
 
+def test_plateau_schedule_reduces_on_a_stall_and_resumes_exactly(cache_path, tmp_path):
+    # lr 0.3 on a tiny late model: dev stalls quickly, so the schedule halves within 6 epochs
+    options = dict(model="late", epochs=6, batch_size=12, scheduler="plateau", lr=0.3, patience=6, warmup_ratio=0.0)
+    echoed = []
+    straight = train(_options(cache_path, tmp_path / "straight", **options), echo=echoed.append)
+    lrs = [r["lr"] for r in straight.history]
+    assert lrs[0] == pytest.approx(0.3)
+    assert any(lr < 0.3 for lr in lrs), f"no reduction in {lrs}"
+    assert all(b in (a, a / 2, a / 4) for a, b in zip(lrs, lrs[1:])), lrs
+    assert any("learning rate reduced to" in line for line in echoed)
+
+    def interrupt(epoch, row):
+        if epoch == 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(_options(cache_path, tmp_path / "resumed", **options), on_epoch_end=interrupt, echo=_quiet)
+    resumed = train(TrainOptions(cache="", out=str(tmp_path / "resumed"), progress=False), resume=True, echo=_quiet)
+    assert [r["lr"] for r in resumed.history] == lrs
+    assert [r["train_loss"] for r in resumed.history] == [r["train_loss"] for r in straight.history]
+
+
 def test_existing_run_is_not_overwritten(cache_path, tmp_path):
     train(_options(cache_path, tmp_path / "run", epochs=1), echo=_quiet)
     with pytest.raises(TrainingError, match="already holds a run"):

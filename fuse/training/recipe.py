@@ -15,7 +15,9 @@ Choices:
 * AdamW (`fuse.training.optim.build_optimizer`: optionally no weight decay on biases and
   norms, and `coef_lr` for a parameter group) and a per-step schedule (`build_scheduler`:
   `linear` warmup/decay as transformers', or seed 2's `bert_adam`) over the exact number of
-  optimiser steps of the run; all from the model's `default_training` unless set. Models with
+  optimiser steps of the `epochs` cap, or `plateau` (warmup over part of one epoch, then the
+  learning rate halved whenever dev stalls for half the patience), which does not depend on
+  the cap; all from the model's `default_training` unless set. Models with
   `lr_decay_per_epoch` (CARAT's 0.98) also multiply the schedule's base learning rate by that
   factor after every epoch, as CARAT's BertAdam code does.
 * Gradient clipping (model default 1.0); AMP on CUDA only (bfloat16 where supported, else
@@ -58,7 +60,7 @@ from fuse.training import distributed
 from fuse.training.errors import TrainingDiverged, TrainingError
 from fuse.training.inputs import build_training_data
 from fuse.training.modality_dropout import ModalityDropout
-from fuse.training.optim import build_optimizer, build_scheduler
+from fuse.training.optim import build_optimizer, build_scheduler, end_epoch, plateau_patience_for
 from fuse.training.report import save_attention_example, save_plots
 
 
@@ -239,7 +241,10 @@ class TrainingRecipe:
         self.steps_per_epoch = [
             self.data.n_batches(self.rows["train"], options.batch_size, True, options.seed, e, drop_last=options.drop_last) for e in range(options.epochs)
         ]
-        self.scheduler = build_scheduler(self.optimizer, options.scheduler, options.warmup_ratio, sum(self.steps_per_epoch))
+        self.scheduler = build_scheduler(
+            self.optimizer, options.scheduler, options.warmup_ratio, sum(self.steps_per_epoch),
+            steps_per_epoch=self.steps_per_epoch[0] if self.steps_per_epoch else 1, patience=plateau_patience_for(options.patience),
+        )  # fmt: skip
         self.autocast, self.scaler = autocast_for(self.device, options.amp)
 
     def _restore(self, state: C.Checkpoint) -> None:
@@ -287,10 +292,12 @@ class TrainingRecipe:
                 self.best_value, self.best_epoch, self.epochs_without_gain = value, epoch, 0
             else:
                 self.epochs_without_gain += 1
+            reduced = end_epoch(self.scheduler, improved)  # "plateau": halve the lr after a stall
             self.echo(
                 f"epoch {epoch + 1}/{options.epochs}: train loss {row['train_loss']:.4f}, dev {self.metric} {value:.4f}"
                 + (" (best)" if improved else f" (best {self.best_value:.4f} at epoch {self.best_epoch + 1})")
                 + (f", {skipped} step(s) skipped (NaN/inf loss)" if skipped else "")
+                + (f", learning rate reduced to {self.optimizer.param_groups[0]['lr']:.3g}" if reduced else "")
             )
             if self.epochs_without_gain >= options.patience:
                 self.stop_reason = f"early stop: no {self.metric} gain on dev for {options.patience} epochs"
