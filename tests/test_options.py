@@ -14,6 +14,7 @@ from click.testing import CliRunner
 from fuse import options as O
 from fuse import runs
 from fuse.cli import main
+from fuse.training.optim import SCHEDULERS
 from fuse.cli.train import train as train_command
 from fuse.sweep import SweepError, expand
 from fuse.testing.synthetic_cache import make_synthetic_cache
@@ -194,7 +195,8 @@ def test_model_defaults_fill_the_optimiser_schedule_and_length_options():
     late = O.resolve_options(O.parse_options({"model": "late", "cache": "x.zarr", "max_len": {"audio": 7}, "scheduler": "constant"}))
     assert late.scheduler == "constant" and late.max_len == {"audio": 7} and late.lr_decay_per_epoch == 1.0
     params = {p.name: p for p in train_command.params}
-    assert list(params["scheduler"].type.choices) == ["linear", "bert_adam", "constant"]
+    assert list(params["scheduler"].type.choices) == list(SCHEDULERS)  # the option lists every schedule optim builds
+    assert O.resolve_options(O.parse_options({"model": "late", "cache": "x.zarr"})).scheduler == "plateau", "baselines: a schedule independent of the cap"
 
 
 def test_drop_last_and_unlimited_lengths_in_the_loader(tmp_path):
