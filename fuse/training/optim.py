@@ -37,7 +37,8 @@ Schedules (`torch.optim.lr_scheduler.LambdaLR` multipliers of each group's lr, p
   `plateau_patience` epochs without a gain (`end_epoch`), as torch's ReduceLROnPlateau and
   Keras' recipe (reduce on plateau, then stop early) do. "linear" and "bert_adam" spread over
   the `epochs` cap instead: with a generous cap the learning rate is still near its peak when
-  early stopping ends the run (issue 18, MELD: 0.524 vs 0.570 with a 10-epoch cap).
+  early stopping ends the run (issue 18, MELD seeds 1, 2: 0.524 / 0.570 with a cap of 50, against
+  0.578 mean with a 10-epoch cap; plateau with the cap of 50: 0.575, benchmarks/README.md).
 A per-epoch decay (seed 2's 0.98, `TrainingDefaults.lr_decay_per_epoch`) is applied by the
 trainer on top, by multiplying `scheduler.base_lrs` after each epoch; it keeps the ratio
 between groups (coef_lr) because every base lr is multiplied by the same factor.

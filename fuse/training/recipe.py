@@ -243,7 +243,7 @@ class TrainingRecipe:
         ]
         self.scheduler = build_scheduler(
             self.optimizer, options.scheduler, options.warmup_ratio, sum(self.steps_per_epoch),
-            steps_per_epoch=self.steps_per_epoch[0] if self.steps_per_epoch else 1, patience=plateau_patience_for(options.patience),
+            steps_per_epoch=self.steps_per_epoch[0], patience=plateau_patience_for(options.patience),
         )  # fmt: skip
         self.autocast, self.scaler = autocast_for(self.device, options.amp)
 
