@@ -39,7 +39,8 @@ class DirectValues:
         self.chunks_per_shard = self.shard_rows // self.inner_rows
         self.row_bytes = self.shape[1] * self.dtype.itemsize
         self.chunk_bytes = self.inner_rows * self.row_bytes
-        self._index: dict[int, np.ndarray] = {}
+        # Per shard: (file identity, its inner-chunk index, which inner chunks passed their CRC).
+        self._shards: dict[int, tuple[tuple[int, int, int], np.ndarray, np.ndarray]] = {}
 
     @classmethod
     def eligible(cls, folder: str | os.PathLike) -> "DirectValues | None":
@@ -71,19 +72,28 @@ class DirectValues:
             return None
         return cls(Path(folder), meta)
 
-    def _shard_index(self, k: int, fd: int, path: Path) -> np.ndarray:
-        """(chunks, 2) offsets and lengths of shard k's inner chunks, CRC-checked."""
-        index = self._index.get(k)
-        if index is None:
-            size = self.chunks_per_shard * 16 + 4
-            raw = os.pread(fd, size, max(0, os.fstat(fd).st_size - size))
-            if len(raw) != size:
-                raise CacheError(f"values shard file {path} is truncated (no complete shard index)")
-            body = np.frombuffer(raw[:-4], dtype="<u8").reshape(-1, 2)
-            if np.uint32(google_crc32c.value(raw[:-4])).tobytes() != raw[-4:]:
-                raise CacheError(f"values shard file {path}: the shard index fails its CRC32C check (damaged file)")
-            index = self._index[k] = body
-        return index
+    def _shard_state(self, k: int, fd: int, path: Path) -> tuple[np.ndarray, np.ndarray]:
+        """Shard k's (chunks, 2) inner-chunk offsets and lengths (CRC-checked), and the mask of
+        its inner chunks already verified, both reset whenever the file is not the one seen."""
+        st = os.fstat(fd)
+        identity = (st.st_ino, st.st_size, st.st_mtime_ns)
+        known = self._shards.get(k)
+        if known is not None and known[0] == identity:
+            return known[1], known[2]
+        size = self.chunks_per_shard * 16 + 4
+        raw = os.pread(fd, size, max(0, st.st_size - size))
+        if len(raw) != size:
+            raise CacheError(f"values shard file {path} is truncated (no complete shard index)")
+        index = np.frombuffer(raw[:-4], dtype="<u8").reshape(-1, 2)
+        if np.uint32(google_crc32c.value(raw[:-4])).tobytes() != raw[-4:]:
+            raise CacheError(f"values shard file {path}: the shard index fails its CRC32C check (damaged file)")
+        verified = np.zeros(self.chunks_per_shard, dtype=bool)
+        self._shards[k] = (identity, index, verified)
+        return index, verified
+
+    def forget_verified(self) -> None:
+        """Check every chunk's CRC again on its next read (as a freshly opened cache does)."""
+        self._shards.clear()
 
     def read_rows(self, lo: int, hi: int) -> np.ndarray:
         """Rows lo..hi-1 (clipped to the array) as one (n, dim) array."""
@@ -105,7 +115,7 @@ class DirectValues:
         except FileNotFoundError:
             raise CacheError(f"values shard file {path} is missing (rows {k * self.shard_rows}..)") from None
         try:
-            index = self._shard_index(k, fd, path)
+            index, verified = self._shard_state(k, fd, path)
             base = k * self.shard_rows
             first, last = (lo - base) // self.inner_rows, (hi - 1 - base) // self.inner_rows
             crcs = np.empty((last - first + 1, 4), dtype=np.uint8)
@@ -130,13 +140,17 @@ class DirectValues:
                 if os.preadv(fd, buffers, offset) != end - offset:
                     raise CacheError(f"values shard file {path} is truncated")
                 for j, payload in zip(covered, buffers[0::2]):
-                    self._check(payload, crcs[j - first], path, j)
+                    if not verified[j]:
+                        self._check(payload, crcs[j - first], path, j)
+                        verified[j] = True
             for j, c_lo in edges:
                 offset, _ = index[j]
                 raw = np.frombuffer(os.pread(fd, self.chunk_bytes + 4, int(offset)), dtype=np.uint8)
                 if len(raw) != self.chunk_bytes + 4:
                     raise CacheError(f"values shard file {path} is truncated")
-                self._check(raw[:-4], raw[-4:], path, j)
+                if not verified[j]:
+                    self._check(raw[:-4], raw[-4:], path, j)
+                    verified[j] = True
                 a, b = max(lo, c_lo), min(hi, c_lo + self.inner_rows)
                 dest[(a - lo) * self.row_bytes : (b - lo) * self.row_bytes] = raw[(a - c_lo) * self.row_bytes : (b - c_lo) * self.row_bytes]
         finally:
@@ -188,4 +202,4 @@ def write_shard(values: DirectValues, k: int, rows: np.ndarray) -> None:
     finally:
         os.close(fd)
     os.replace(tmp, path)
-    values._index.pop(k, None)
+    values._shards.pop(k, None)

@@ -305,6 +305,18 @@ class Cache:
         with self._reading_table():
             return int(self.root[L.UTTERANCES].attrs["n"])
 
+    @property
+    def label_names(self) -> list[str]:
+        """Class names of the `label` column, from the table's attributes (no column is read)."""
+        with self._reading_table():
+            return list(self.root[L.UTTERANCES].attrs.get("label_names", []))
+
+    @property
+    def labels_multi_names(self) -> list[str]:
+        """Names of the `labels_multi` columns, from the table's attributes (no column is read)."""
+        with self._reading_table():
+            return list(self.root[L.UTTERANCES].attrs.get("labels_multi_names", []))
+
     @cached_property
     def table(self) -> UtteranceTable:
         with self._reading_table():

@@ -3,6 +3,7 @@ and the linear merge (every shard written once, from one reused buffer)."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -204,3 +205,32 @@ def test_direct_shard_writes_are_byte_identical_to_zarr(tmp_path, rows, inner, s
         assert (tmp_path / f"direct/c/{k}/0").read_bytes() == (tmp_path / f"by_zarr/c/{k}/0").read_bytes()
     np.testing.assert_array_equal(zarr.open_array(str(tmp_path / "direct"))[...], data)
     assert sorted(p.name for p in (tmp_path / "direct/c").rglob("*") if p.is_file()) == ["0"] * len(range(0, rows, shard))  # no temp files left
+
+
+def test_direct_reader_checks_each_chunk_once_per_unchanged_file(tmp_path):
+    """A chunk that passed its CRC is trusted while its shard file is the same file (inode, size,
+    mtime); any rewrite, and `forget_verified`, make the next read check it again."""
+    path = old_cache(tmp_path)
+    upgrade_cache(path)
+    fs = open_cache(path)["audio.a"]
+    first = fs.block_rows(0, 10).copy()
+    shard = path / "features/audio.a/values/c/0/0"
+    stat = shard.stat()
+    data = bytearray(shard.read_bytes())
+    data[2 * DIM * 2 * 3 + 1] ^= 0x10  # a value in row 6, inside the first inner chunk
+    shard.write_bytes(bytes(data))  # in place: same inode and size
+    os.utime(shard, ns=(stat.st_atime_ns, stat.st_mtime_ns))  # ... and the old mtime: "the same file"
+    trusted = fs.block_rows(0, 10)
+    assert not np.array_equal(trusted, first)  # read again, not re-checked (the bytes are the file's)
+    fs._direct.forget_verified()
+    with pytest.raises(CacheError, match="fails its CRC32C check"):
+        fs.block_rows(0, 10)
+    original = bytes(data)
+    data[2 * DIM * 2 * 3 + 1] ^= 0x10
+    shard.write_bytes(bytes(data))  # repaired, same mtime again
+    os.utime(shard, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    np.testing.assert_array_equal(fs.block_rows(0, 10), first)  # checked, passes, trusted from now on
+    shard.write_bytes(original)  # damaged again, with a later mtime: checked without being told
+    os.utime(shard, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+    with pytest.raises(CacheError, match="fails its CRC32C check"):
+        fs.block_rows(0, 10)

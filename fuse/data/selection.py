@@ -242,7 +242,7 @@ def detect_task(label_names, labels, multi_names, labels_multi, requested: str =
 
 def inspect_task(cache: Cache, requested: str = "auto", supported=TASKS) -> str:
     """The task of `cache` for a model that handles `supported` tasks (reads only label columns)."""
-    label_names, multi_names = cache.table.label_names, cache.table.labels_multi_names
+    label_names, multi_names = cache.label_names, cache.labels_multi_names
     labels, multi = cache.column("label"), cache.column("labels_multi")
     if requested == "auto":
         candidates = [t for t in _available_tasks(label_names, labels, multi_names, multi) if t in supported]
