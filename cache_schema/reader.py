@@ -329,7 +329,9 @@ class Cache:
             if name not in group:
                 raise CacheError(f"{self.path}: utterance table has no column {name!r}")
             data = group[name][...]
-        return np.asarray(data, dtype=object) if data.dtype.kind in "UTO" else data
+        if data.dtype.kind not in "UTO":
+            return data
+        return _shared_strings(np.asarray(data, dtype=object))
 
     def feature_names(self) -> list[str]:
         folder = self.path / L.FEATURES
@@ -384,3 +386,16 @@ def open_cache(path: str | os.PathLike, storage_options: dict[str, Any] | None =
     `storage_options` go to fsspec for a URL (e.g. `{"endpoint_url": ...}`); by default
     fsspec's configuration and the backend's standard credentials apply (cache_schema.store)."""
     return Cache(path, storage_options)
+
+
+def _shared_strings(values: np.ndarray) -> np.ndarray:
+    """The object array `values` with each run of equal strings made one Python object.
+
+    Decoding gives every element its own `str` (~60 bytes each); split, speaker, dataset and
+    dialogue columns repeat a few values, so sharing them makes a run's per-utterance memory a
+    pointer per column instead of a string object each.
+    """
+    shared: dict = {}
+    out = np.empty(values.shape, dtype=object)
+    out.ravel()[:] = [shared.setdefault(v, v) for v in values.ravel().tolist()]
+    return out

@@ -139,6 +139,15 @@ def test_table_round_trip_and_metadata(cache_path):
     assert table.columns["labels_multi"].shape == (12, 0)
 
 
+def test_string_columns_share_one_object_per_value(cache_path):
+    cache = open_cache(cache_path)
+    speakers, ids = cache.column("speaker"), cache.column("id")
+    assert speakers.dtype == object and speakers.tolist() == [f"s{i % 2}" for i in range(12)]
+    assert speakers[0] is speakers[2] and speakers[1] is speakers[3]  # one str per value, not per row
+    assert ids.tolist() == [f"u{i}" for i in range(12)]
+    assert cache.column("turn").dtype.kind == "i"  # numeric columns as stored
+
+
 def test_multi_label_table():
     records = [{"id": "a", "labels_multi": [0.0, 1.5]}, {"id": "b"}]
     table = UtteranceTable.from_records(records, labels_multi_names=["happy", "sad"])

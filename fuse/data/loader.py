@@ -40,6 +40,7 @@ import torch
 from cache_schema import Cache, FeatureSet
 from cache_schema.ragged import coalesce, gather_padded, rows_for
 from fuse.batch import MODALITIES, Batch, ModalityInput, future_key
+from fuse.data.allocator import keep_large_blocks_on_mmap
 from fuse.data.dialogue import context_rows, future_context_rows, utterance_means
 from fuse.data.metadata import MetadataEncoding, default_metadata_columns
 from fuse.data.normalisation import AUTO, MODES, Normaliser, resolve_mode
@@ -99,6 +100,7 @@ class FeatureData:
     ):
         """`columns`: table columns the caller already read (not read twice: a table's string
         columns are the part of a run's memory that grows with the corpus)."""
+        keep_large_blocks_on_mmap()  # before the first row block is read
         self.cache, self.spec, self.normaliser, self.metadata, self.splits = cache, spec, normaliser, metadata, splits
         self.in_memory = in_memory
         self.normalisation_note = "as stored in the run"  # for_training says how `auto` resolved
@@ -143,6 +145,7 @@ class FeatureData:
         pool_blocks: int = DEFAULT_POOL_BLOCKS,
         block_rows: int | None = None,
     ) -> "FeatureData":
+        keep_large_blocks_on_mmap()  # before the normaliser's first row block
         feature_sets = select_feature_sets(cache, requested)
         table_columns = {c: cache.column(c) for c in ("id", "split", "dataset", "dialogue_id", "speaker", "label", "labels_multi")}
         label_names, multi_names = cache.label_names, cache.labels_multi_names
