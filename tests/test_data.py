@@ -187,12 +187,11 @@ def test_in_memory_and_streaming_give_the_same_batches(cache, shuffle):
                 assert (x.modalities[m].values == y.modalities[m].values).all()
                 assert (x.modalities[m].mask == y.modalities[m].mask).all()
     # in memory = the feature sets as stored (float16, not float32 copies), one copy per opened cache
-    resident = memory.feature_sets["audio"].in_ram()
+    resident = memory._memory_frames()["audio"].values
     assert resident.dtype == np.float16 and resident.shape == cache["audio.synthetic"].values.shape
     other = _data(cache, block_rows=64, normalisation="speaker", in_memory=True)
     next(iter(other.batches(train, 6)))
-    assert other.feature_sets["audio"].in_ram() is resident
-    np.testing.assert_array_equal(resident, cache["audio.synthetic"].values[...])  # standardising never writes into it
+    assert other._memory_frames()["audio"].values is resident
 
 
 def test_metadata_vocabulary_from_train_and_numeric_standardised(cache):
@@ -407,27 +406,24 @@ def test_gather_padded_equals_padding_item_by_item():
     assert gather_padded(values, starts[:0], lengths[:0])[0].shape == (0, 0, 5)
 
 
-@pytest.mark.parametrize("stored", ["float16", "float32"])
-def test_standardise_frames_is_bitwise_the_per_utterance_standardisation(cache, stored):
+def test_apply_padded_is_bitwise_the_per_utterance_standardisation(cache):
+    from cache_schema.ragged import gather_padded
+
     data = _data(cache, normalisation="speaker")
     fs = data.feature_sets["audio"]
     norm = data.normaliser.norms[fs.name]
     rows = np.arange(0, data.n, 3)
+    rows = rows[fs.present[rows]]
     groups = data._group_rows["audio"][rows]
-    assert len(set(groups.tolist())) > 2  # several speakers' statistics in one call
-    lengths = np.where(fs.present[rows], np.diff(fs.offsets)[rows], 0)
-    lengths[[1, 4]] = 0  # as missing utterances: they own no frames
-    frames = np.concatenate([np.asarray(fs.get(r)) for r in rows[lengths > 0]]).astype(stored)
-    before = frames.copy()
-    out = data.normaliser.standardise_frames(fs.name, frames, groups, lengths)
-    assert out.dtype == np.float32 and out.shape == frames.shape
-    np.testing.assert_array_equal(frames, before)  # the input (e.g. the in-memory copy) is left alone
-    at = 0
-    for row, group, n in zip(rows, groups, lengths):
-        np.testing.assert_array_equal(out[at : at + n], norm.standardise(frames[at : at + n], group))
-        at += n
-    one_speaker = data.normaliser.standardise_frames(fs.name, frames, np.full_like(groups, groups[0]), lengths)
-    np.testing.assert_array_equal(one_speaker, norm.standardise(frames, groups[0]))  # broadcast path
+    assert len(set(groups.tolist())) > 2  # several speakers' statistics in one batch
+    values = np.asarray(fs.values[...])
+    lengths = np.diff(fs.offsets)[rows]
+    padded, mask = gather_padded(values, fs.offsets[rows], lengths, None, np.float32)
+    out = data.normaliser.apply_padded(fs.name, torch.from_numpy(padded), torch.from_numpy(mask), groups).numpy()
+    for b, row in enumerate(rows):
+        expected = norm.standardise(fs.get(row), groups[b])
+        np.testing.assert_array_equal(out[b, : lengths[b]], expected)
+        assert not out[b, lengths[b] :].any() and not np.signbit(out[b, lengths[b] :]).any()  # +0.0, not -0.0
 
 
 def _simple_batch_values(data, fs, modality, rows):

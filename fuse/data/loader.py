@@ -11,19 +11,18 @@
   utterances of a pool, sorts them by length (bucketing: little padding), cuts them into
   batches and shuffles the batch order (`plan`). A pool is read as contiguous runs of only
   the wanted frames (`cache_schema.ragged.coalesce`: a run never spans another split's rows
-  nor the truncated tail of an utterance), one read per run and modality, and standardised
-  as one array (`Normaliser.standardise_frames`: each frame cast to float32 and
-  standardised once, padding never). Each batch is then built without per-utterance Python:
-  one fancy-index gather pads it (`gather_padded`). A background thread builds the next
-  batches while the model trains on the current one (`fuse.data.readahead`; when a core is
-  free for it, see `default_prefetch`), pinning them for CUDA when asked, and a second one
-  reads and standardises the next pool meanwhile. Memory is bounded by three pools of
-  standardised frames plus a few batches (one pool when reading in line), however large the
-  cache.
+  nor the truncated tail of an utterance), kept as stored (float16), one read per run and
+  modality. Each batch is then built without per-utterance Python: one fancy-index gather
+  pads it (`gather_padded`, casting to float32 in the same copy) and one broadcast pass
+  standardises it (`Normaliser.apply_padded`). A background thread builds the next batches
+  while the model trains on the current one (`fuse.data.readahead`; when a core is free for
+  it, see `default_prefetch`), pinning them for CUDA when asked, and a second one reads the
+  next pool meanwhile. Memory is bounded by three pools of raw frames plus a few batches
+  (one pool when reading in line), however large the cache.
 * **In memory.** `in_memory=True` reads each feature set whole once, as stored
   (`FeatureSet.in_ram`: float16 stays float16, one copy per opened cache, so all of a sweep's
-  runs in a process share it); a pool gathers its frames from that copy instead of the disk
-  and goes on exactly as a streamed pool, so it yields exactly the same batches.
+  runs in a process share it) and builds batches from it exactly as from a streamed pool, so
+  it yields exactly the same batches.
 * **Batch order** depends only on (seed, epoch), never on global RNG state, so a resumed run
   sees the same batches as an uninterrupted one, and a FeatureData shared by many runs (a
   sweep) gives each the batches a fresh one would.
@@ -38,9 +37,8 @@ import numpy as np
 import torch
 
 from cache_schema import Cache, FeatureSet
-from cache_schema.ragged import coalesce, gather_padded, rows_for
+from cache_schema.ragged import coalesce, gather_padded
 from fuse.batch import MODALITIES, Batch, ModalityInput, future_key
-from fuse.data.allocator import keep_large_blocks_on_mmap
 from fuse.data.dialogue import context_rows, future_context_rows, utterance_means
 from fuse.data.metadata import MetadataEncoding, default_metadata_columns
 from fuse.data.normalisation import AUTO, MODES, Normaliser, resolve_mode
@@ -63,17 +61,17 @@ class Pool:
 
 @dataclass
 class Frames:
-    """Standardised float32 frames of sorted rows: row rows[i]'s kept frames are
-    values[starts[i] : starts[i] + lengths[i]]."""
+    """Frames of some rows as stored (e.g. float16): row rows[i]'s kept frames are
+    values[starts[i] : starts[i] + lengths[i]]. rows=None: every row, row i at position i."""
 
     values: np.ndarray
-    rows: np.ndarray
+    rows: np.ndarray | None
     starts: np.ndarray
     lengths: np.ndarray
 
     def locate(self, utts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(starts, lengths) of rows `utts` (each one of `rows`)."""
-        at = np.searchsorted(self.rows, utts)
+        at = utts if self.rows is None else np.searchsorted(self.rows, utts)
         return self.starts[at], self.lengths[at]
 
 
@@ -100,7 +98,6 @@ class FeatureData:
     ):
         """`columns`: table columns the caller already read (not read twice: a table's string
         columns are the part of a run's memory that grows with the corpus)."""
-        keep_large_blocks_on_mmap()  # before the first row block is read
         self.cache, self.spec, self.normaliser, self.metadata, self.splits = cache, spec, normaliser, metadata, splits
         self.in_memory = in_memory
         self.normalisation_note = "as stored in the run"  # for_training says how `auto` resolved
@@ -118,6 +115,7 @@ class FeatureData:
         meta_columns["id"] = self.columns["id"]
         self.metadata_categorical, self.metadata_numeric = metadata.encode(meta_columns)
         self._group_rows = {m: None for m in self.feature_sets}
+        self._resident: dict[str, Frames] | None = None  # in_memory: built on first use
         # Frames kept per modality; None in the spec keeps every frame.
         self.frame_limit = {m: np.iinfo(np.int64).max if spec.max_len[m] is None else int(spec.max_len[m]) for m in self.feature_sets}
         self._sort_length = sum(np.minimum(fs.lengths, self.frame_limit[m]) for m, fs in self.feature_sets.items())
@@ -145,7 +143,6 @@ class FeatureData:
         pool_blocks: int = DEFAULT_POOL_BLOCKS,
         block_rows: int | None = None,
     ) -> "FeatureData":
-        keep_large_blocks_on_mmap()  # before the normaliser's first row block
         feature_sets = select_feature_sets(cache, requested)
         table_columns = {c: cache.column(c) for c in ("id", "split", "dataset", "dialogue_id", "speaker", "label", "labels_multi")}
         label_names, multi_names = cache.label_names, cache.labels_multi_names
@@ -341,13 +338,13 @@ class FeatureData:
     def _stream(self, pools: list[Pool], with_labels: bool, pin_memory: bool, ahead: bool) -> Iterator[Batch]:
         """Each pool's batches, assembled one by one from the pool's frames.
 
-        With `ahead`, a second thread reads and standardises the next pool while this one's
-        batches are built (reads wait on the disk, assembly on memory bandwidth: a cold page
-        cache is then hidden behind compute too); at most three pools of frames are alive (the one being
+        With `ahead`, a second thread reads the next pool while this one's batches are built
+        (reads wait on the disk, assembly on memory bandwidth: a cold page cache is then hidden
+        behind compute too); at most three pools of raw frames are alive (the one being
         assembled, one read and waiting, one being read), plus the batches waiting in read-ahead.
         """
         frames = self._pool_frames(pools)
-        if ahead and len(pools) > 1:
+        if ahead and not self.in_memory and len(pools) > 1:
             frames = read_ahead(frames, 1, name="fuse-read-pools")
         try:
             for pool, arrays in frames:
@@ -360,7 +357,7 @@ class FeatureData:
 
     def _pool_frames(self, pools: list[Pool]) -> Iterator[tuple[Pool, dict[str, Frames]]]:
         for pool in pools:
-            yield pool, {m: self._frames(m, pool.rows) for m in self.feature_sets}
+            yield pool, self._memory_frames() if self.in_memory else {m: self._read_frames(m, pool.rows) for m in self.feature_sets}
 
     def _pool_order(self, utts: np.ndarray, batch_size: int, rng, bucket: bool, drop_last: bool = False) -> list[np.ndarray]:
         if rng is not None:
@@ -380,37 +377,45 @@ class FeatureData:
         lengths = np.minimum(fs.offsets[rows + 1] - fs.offsets[rows], self.frame_limit[modality])
         return np.where(fs.present[rows], lengths, 0)
 
-    def _frames(self, modality: str, rows: np.ndarray) -> Frames:
-        """The kept frames of sorted `rows`, standardised. Streaming: one contiguous read per
-        run of wanted frames (`cache_schema.ragged.coalesce`), never the frames between two
-        runs; in memory: one gather from the resident copy (`FeatureSet.in_ram`: one per opened
-        cache, shared by every FeatureData on it, e.g. all the runs of a sweep)."""
+    def _read_frames(self, modality: str, rows: np.ndarray) -> Frames:
+        """The kept frames of sorted `rows`, as stored: one contiguous read per run of wanted
+        frames (`cache_schema.ragged.coalesce`), never the frames between two runs."""
         fs = self.feature_sets[modality]
         lengths = self._kept_lengths(modality, rows)
-        if self.in_memory:
-            index, _ = rows_for(fs.offsets, rows[lengths > 0], self.frame_limit[modality])
-            raw = np.take(fs.in_ram(), index, axis=0)
+        starts = fs.offsets[rows]
+        runs = coalesce(starts, starts + lengths)
+        parts = [fs.block_rows(int(lo), int(hi)) for lo, hi in runs]
+        if len(parts) == 1:
+            values = parts[0]
         else:
-            starts = fs.offsets[rows]
-            runs = coalesce(starts, starts + lengths)
-            parts = [fs.block_rows(int(lo), int(hi)) for lo, hi in runs]
-            raw = parts[0] if len(parts) == 1 else np.concatenate(parts) if parts else np.zeros((0, fs.dim), dtype=fs.values.dtype)
-        values = self.normaliser.standardise_frames(fs.name, raw, self._group_rows[modality][rows], lengths)
+            values = np.concatenate(parts) if parts else np.zeros((0, fs.dim), dtype=fs.values.dtype)
         positions = np.zeros(len(rows), dtype=np.int64)  # each row's first frame within `values`
         np.cumsum(lengths[:-1], out=positions[1:])
         return Frames(values, rows, positions, lengths)
 
+    def _memory_frames(self) -> dict[str, Frames]:
+        """`in_memory`: every feature set whole, as stored (`FeatureSet.in_ram`: one copy per
+        opened cache, shared by every FeatureData on it, e.g. all the runs of a sweep)."""
+        if self._resident is None:
+            rows = np.arange(self.n)
+            self._resident = {m: Frames(fs.in_ram(), None, fs.offsets[:-1], self._kept_lengths(m, rows)) for m, fs in self.feature_sets.items()}
+        return self._resident
+
     def _modality_input(self, modality: str, utts: np.ndarray, frames: Frames) -> ModalityInput:
-        """One modality of a batch: its standardised frames padded in one gather."""
+        """One modality of a batch: padded in one gather, standardised in one broadcast pass."""
+        fs = self.feature_sets[modality]
         starts, lengths = frames.locate(utts)
         padded, mask = gather_padded(frames.values, starts, lengths, max(1, int(lengths.max(initial=0))))
-        return ModalityInput(torch.from_numpy(padded), torch.from_numpy(mask), torch.from_numpy(self.feature_sets[modality].present[utts]))
+        mask = torch.from_numpy(mask)
+        values = torch.from_numpy(padded).float()  # torch's float16 -> float32 cast is vectorised, numpy's is not
+        values = self.normaliser.apply_padded(fs.name, values, mask, self._group_rows[modality][utts])
+        return ModalityInput(values, mask, torch.from_numpy(fs.present[utts]))
 
     def batch_for_rows(self, rows: np.ndarray, with_labels: bool = False) -> Batch:
         """A batch of arbitrary rows, in the given order (e.g. one utterance for `fuse explain`)."""
         rows = np.asarray(rows, dtype=np.int64)
         unique = np.unique(rows)
-        frames = {m: self._frames(m, unique) for m in self.feature_sets}
+        frames = self._memory_frames() if self.in_memory else {m: self._read_frames(m, unique) for m in self.feature_sets}
         return self._assemble(rows, frames, with_labels)
 
     def _assemble(self, utts: np.ndarray, frames: dict[str, Frames], with_labels: bool = True) -> Batch:
