@@ -58,7 +58,12 @@ def _git(*args: str, root: Path = ROOT) -> str | None:
 def recorded_commit(result: dict) -> str | None:
     """The commit a result file says it measured (top level, or in its machine record)."""
     commit = result.get("commit") or (result.get("machine") or {}).get("commit")
-    return str(commit) if commit else None
+    return str(commit).split()[0] if commit else None  # "HASH (with uncommitted changes)" -> HASH
+
+
+def _dirty_note(result: dict) -> str:
+    raw = str(result.get("commit") or (result.get("machine") or {}).get("commit") or "")
+    return " plus uncommitted changes (the file does not say which)" if "uncommitted" in raw else ""
 
 
 def measured_paths(path: Path, result: dict, root: Path = ROOT) -> list[str]:
@@ -86,7 +91,7 @@ def freshness(path: Path, result: dict, root: Path = ROOT) -> tuple[bool, str]:
         changed = _git("diff", "--name-only", full, last, "--", *paths, *NOT_CODE, root=root) or ""
         shown = ", ".join(changed.splitlines()[:3]) or ", ".join(paths)
         return False, f"**stale**: measured at {commit[:10]}; the code it measures changed since in {last[:10]} ({shown})"
-    return True, f"current: measured at {commit[:10]}"
+    return True, f"current: measured at {commit[:10]}{_dirty_note(result)}"
 
 
 def _status_table(entries: list[tuple[Path, dict]]) -> str:

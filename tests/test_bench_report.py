@@ -43,7 +43,10 @@ def test_result_goes_stale_when_its_code_changes(report, tmp_path):
     _commit(repo, "result")
 
     fresh, line = report.freshness(result_path, result, root=repo)
-    assert fresh and line.startswith("current")
+    assert fresh and line.startswith("current") and "uncommitted" not in line
+    dirty = {**result, "commit": f"{measured} (with uncommitted changes)"}
+    fresh, line = report.freshness(result_path, dirty, root=repo)
+    assert fresh and "uncommitted changes" in line  # judged by its commit, the dirt said aloud
 
     (repo / "cache_schema" / "LAYOUT.md").write_text("docs only\n")
     _commit(repo, "docs")
@@ -68,3 +71,4 @@ def test_commit_in_the_machine_record_counts(report):
     assert report.recorded_commit({"machine": {"commit": "abc"}}) == "abc"
     assert report.recorded_commit({"commit": "def", "machine": {}}) == "def"
     assert report.recorded_commit({"machine": {}}) is None
+    assert report.recorded_commit({"commit": "abc (with uncommitted changes)"}) == "abc"
