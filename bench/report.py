@@ -58,7 +58,7 @@ def _git(*args: str, root: Path = ROOT) -> str | None:
 def recorded_commit(result: dict) -> str | None:
     """The commit a result file says it measured (top level, or in its machine record)."""
     commit = result.get("commit") or (result.get("machine") or {}).get("commit")
-    return str(commit).split()[0] if commit else None  # "HASH (with uncommitted changes)" -> HASH
+    return re.split(r"[\s+]", str(commit))[0] if commit else None  # "HASH (with uncommitted changes)", "HASH+uncommitted" -> HASH
 
 
 def _dirty_note(result: dict) -> str:

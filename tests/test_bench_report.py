@@ -72,3 +72,4 @@ def test_commit_in_the_machine_record_counts(report):
     assert report.recorded_commit({"commit": "def", "machine": {}}) == "def"
     assert report.recorded_commit({"machine": {}}) is None
     assert report.recorded_commit({"commit": "abc (with uncommitted changes)"}) == "abc"
+    assert report.recorded_commit({"commit": "abc+uncommitted"}) == "abc"
