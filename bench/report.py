@@ -55,15 +55,19 @@ def _git(*args: str, root: Path = ROOT) -> str | None:
     return done.stdout.strip() if done.returncode == 0 else None
 
 
+def _commit_field(result: dict) -> str:
+    """The commit as the result file wrote it (top level, or in its machine record)."""
+    return str(result.get("commit") or (result.get("machine") or {}).get("commit") or "")
+
+
 def recorded_commit(result: dict) -> str | None:
-    """The commit a result file says it measured (top level, or in its machine record)."""
-    commit = result.get("commit") or (result.get("machine") or {}).get("commit")
-    return re.split(r"[\s+]", str(commit))[0] if commit else None  # "HASH (with uncommitted changes)", "HASH+uncommitted" -> HASH
+    """The commit a result file says it measured: "HASH (with uncommitted changes)" and
+    "HASH+uncommitted" give HASH."""
+    return re.split(r"[\s+]", _commit_field(result))[0] or None
 
 
 def _dirty_note(result: dict) -> str:
-    raw = str(result.get("commit") or (result.get("machine") or {}).get("commit") or "")
-    return " plus uncommitted changes (the file does not say which)" if "uncommitted" in raw else ""
+    return " plus uncommitted changes (the file does not say which)" if "uncommitted" in _commit_field(result) else ""
 
 
 def measured_paths(path: Path, result: dict, root: Path = ROOT) -> list[str]:
