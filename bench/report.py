@@ -7,8 +7,8 @@ benchmarks/*/results.json, each written by a committed script whose command is p
 beside its table. Nothing here measures anything.
 
 Each result records the commit it was measured at. A result is **stale** when the code it
-measures (`MEASURES`, plus the script that wrote it) changed in a commit that its own commit
-does not contain; stale results are marked in their section and in the status table at the
+measures (`MEASURES`, plus the script that wrote it) differs between that commit and HEAD
+(docs excluded); stale results are marked in their section and in the status table at the
 top, so a figure is never quoted for code it did not measure.
 """
 from __future__ import annotations
@@ -90,10 +90,11 @@ def freshness(path: Path, result: dict, root: Path = ROOT) -> tuple[bool, str]:
     if full is None:
         return False, f"**stale**: measured at {commit[:10]}, a commit this repository does not have"
     paths = measured_paths(path, result, root)
-    last = _git("log", "-1", "--format=%H", "--", *paths, *NOT_CODE, root=root) if paths else None
-    if last and _git("merge-base", "--is-ancestor", last, full, root=root) is None:
-        changed = _git("diff", "--name-only", full, last, "--", *paths, *NOT_CODE, root=root) or ""
-        shown = ", ".join(changed.splitlines()[:3]) or ", ".join(paths)
+    # Judged by content: a change undone later (or a docs-only commit) leaves a result current.
+    changed = _git("diff", "--name-only", full, "HEAD", "--", *paths, *NOT_CODE, root=root) if paths else None
+    if changed:
+        last = _git("log", "-1", "--format=%H", "--", *paths, *NOT_CODE, root=root) or ""
+        shown = ", ".join(changed.splitlines()[:3])
         return False, f"**stale**: measured at {commit[:10]}; the code it measures changed since in {last[:10]} ({shown})"
     return True, f"current: measured at {commit[:10]}{_dirty_note(result)}"
 

@@ -389,7 +389,7 @@ def open_cache(path: str | os.PathLike, storage_options: dict[str, Any] | None =
 
 
 def _shared_strings(values: np.ndarray) -> np.ndarray:
-    """The object array `values` with equal strings made one Python object (wherever they are).
+    """The object array `values` with each run of equal strings made one Python object.
 
     Decoding gives every element its own `str` (~60 bytes each); split, speaker, dataset and
     dialogue columns repeat a few values, so sharing them makes a run's per-utterance memory a
