@@ -95,7 +95,7 @@ def freshness(path: Path, result: dict, root: Path = ROOT) -> tuple[bool, str]:
     if changed:
         last = _git("log", "-1", "--format=%H", "--", *paths, *NOT_CODE, root=root) or ""
         shown = ", ".join(changed.splitlines()[:3])
-        return False, f"**stale**: measured at {commit[:10]}; the code it measures changed since in {last[:10]} ({shown})"
+        return False, f"**stale**: measured at {commit[:10]}; the code it measures differs at HEAD (last touched in {last[:10]}: {shown})"
     return True, f"current: measured at {commit[:10]}{_dirty_note(result)}"
 
 
