@@ -209,6 +209,7 @@ def main() -> None:
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "cache_io.json"))
     args = ap.parse_args()
     started = time.perf_counter()
+    load_at_start = [round(x, 2) for x in os.getloadavg()]
     commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=Path(__file__).parent).stdout.strip()
     base = Path(args.workdir or tempfile.mkdtemp(prefix="emofuse-cacheio-", dir="/work" if Path("/work").is_dir() else None))
     sizes = []
@@ -237,7 +238,8 @@ def main() -> None:
         "machine": {
             "platform": platform.platform(), "cpus": os.cpu_count(), "zarr": zarr.__version__, "numpy": np.__version__,
             **memory_speeds(),
-            "note": "shared, loaded 2-core VM (up to 8 concurrent sessions): times vary run to run; the ratios compare passes of the same run",
+            "load_average_at_start": load_at_start, "load_average_at_end": [round(x, 2) for x in os.getloadavg()],
+            "note": "1/5/15-minute load averages: above the core count, other work shared the machine; the ratios compare passes of the same run",
         },
         "excludes": "interpreter start-up, opening the cache, per-utterance training work; raw writes/reads and merges go to the page cache (no fsync)",
         "targets": TARGETS,

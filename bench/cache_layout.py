@@ -141,7 +141,8 @@ def main() -> None:
         "commit": commit,  # taken at the start: the code that ran
         "machine": {
             "platform": platform.platform(), "cpus": os.cpu_count(), "zarr": zarr.__version__,
-            "note": "shared, loaded 2-core machine (8 concurrent sessions): compare ratios within this run, not times",
+            "load_average_at_end": [round(x, 2) for x in os.getloadavg()],
+            "note": "1/5/15-minute load averages: above the core count, other work shared the machine; compare ratios within this run",
         },
         "setup": {"rows": args.rows, "dim": args.dim, "dtype": "float16", "payload_mb": round(payload / MB, 1),
                   "rounds": args.rounds,

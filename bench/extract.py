@@ -142,13 +142,14 @@ def run_arm(name: str, corpus: dict, feature: dict, shard_size: int, shards_per_
     }
 
 
-def machine() -> dict:
+def machine(load_at_start: list[float]) -> dict:
     return {
         "platform": platform.platform(),
         "processor": platform.processor() or platform.machine(),
         "cpu_count": os.cpu_count(),
-        "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
-        "note": "shared/loaded 2-core machine (8 sessions at work on it): compare ratios within this run, not times",
+        "load_average_at_start": load_at_start,
+        "load_average_at_end": [round(x, 2) for x in os.getloadavg()],
+        "note": "1/5/15-minute load averages: above the core count, other work shared the machine",
     }
 
 
@@ -173,6 +174,7 @@ def main(argv: list[str] | None = None) -> int:
     from extract.demo import generate_demo
 
     measured_commit = commit()  # the code measured (read before the run, which takes a while)
+    load_at_start = [round(x, 2) for x in os.getloadavg()]
     grouped = args.grouped or validate_config({"corpus": {"kind": "manifest", "path": "x.csv"}, "features": [
         {"name": "text.minilm", "encoder": {"kind": "hf-text", "checkpoint": MINILM}}]})["shards_per_job"]
     arms = args.arms.split(",")
@@ -213,7 +215,7 @@ def main(argv: list[str] | None = None) -> int:
     record = {
         "benchmark": "bench/extract.py",
         "commit": measured_commit,
-        "machine": machine(),
+        "machine": machine(load_at_start),
         "command": " ".join([os.path.basename(sys.executable), *sys.argv]),
         "sizes": {"audio_model": f"random wav2vec2 {args.audio_size} ({AUDIO_SIZES[args.audio_size] or 'wav2vec2-base config'})",
                   "demo_dialogues": args.dialogues, "demo_utterances": demo["utterances"], "text_meld_n": args.text_n,

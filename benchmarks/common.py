@@ -8,6 +8,7 @@ import json
 import os
 import platform
 import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -16,6 +17,10 @@ from pathlib import Path
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+from bench.report import NOT_CODE, STAGE_1, STAGE_2  # noqa: E402  (one definition of "the code a result measures")
+
+STAMP = "produced_at.json"  # in a benchmark's work/: the commit (and dirt) its extraction and runs were made at
 
 
 def machine() -> dict:
@@ -83,3 +88,60 @@ def run_record(argv: list[str] | None = None) -> dict:
     status = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain"], capture_output=True, text=True).stdout
     dirty = [line[3:] for line in status.splitlines() if line.strip()]
     return {"commit": git("rev-parse", "HEAD") or None, "dirty": dirty, "command": command}
+
+
+def reuse_or_clear(work: Path, record: dict, trained: list[Path], benchmark: Path, root: Path = ROOT) -> dict:
+    """Keep what work/ holds only if the code that made it is the code at HEAD.
+
+    work/produced_at.json records the commit (and uncommitted files) the previous invocation
+    ran at. When the measured code (bench.report's stage-1/stage-2 paths and the benchmark's
+    own folder, docs excluded) differs between that commit and HEAD, or either tree was
+    dirty, what it made is deleted: a stage-1 change deletes all of work/ (re-extract), a
+    stage-2-only change deletes `trained` (retrain). Without this a re-run would report runs
+    trained at an older commit under the current one. Returns {"reused_from": commit or None,
+    "cleared": "nothing" | "training" | "everything", "why": ...} for results.json.
+    """
+    stamp_path = work / STAMP
+    stamp = json.loads(stamp_path.read_text()) if stamp_path.is_file() else None
+    holds_anything = work.is_dir() and any(p.name != STAMP for p in work.iterdir())
+
+    def clear(what: str, why: str) -> dict:
+        if what == "everything":
+            shutil.rmtree(work, ignore_errors=True)
+        else:
+            for path in trained:
+                shutil.rmtree(path, ignore_errors=True)
+        print(f"{work.relative_to(root) if work.is_relative_to(root) else work}: cleared {what} ({why})", flush=True)
+        return {"reused_from": None, "cleared": what, "why": why}
+
+    if not holds_anything:
+        outcome = {"reused_from": None, "cleared": "nothing", "why": "work/ was empty"}
+    elif stamp is None:
+        outcome = clear("everything", f"no {STAMP}: the commit its contents were made at is unknown")
+    elif _code(stamp.get("dirty", [])) or _code(record.get("dirty", [])):
+        outcome = clear("everything", "made or run with uncommitted code changes: " + ", ".join((_code(stamp.get("dirty", [])) or _code(record["dirty"]))[:3]))
+    elif stamp.get("commit") == record.get("commit"):
+        outcome = {"reused_from": stamp["commit"], "cleared": "nothing", "why": "made at this commit"}
+    else:
+        def changed(paths: list[str]) -> list[str]:
+            done = subprocess.run(["git", "-C", str(root), "diff", "--name-only", str(stamp.get("commit")), "HEAD", "--", *paths, *NOT_CODE],
+                                  capture_output=True, text=True)
+            return done.stdout.split() if done.returncode == 0 else ["(commit unknown to git)"]
+
+        own = [str(benchmark.relative_to(root))]
+        stage_1, stage_2 = changed(STAGE_1 + own), changed(STAGE_2)
+        old = str(stamp.get("commit"))[:10]
+        if stage_1:
+            outcome = clear("everything", f"made at {old}; since then {', '.join(stage_1[:3])} changed")
+        elif stage_2:
+            outcome = clear("training", f"trained at {old}; since then {', '.join(stage_2[:3])} changed")
+        else:
+            outcome = {"reused_from": stamp["commit"], "cleared": "nothing", "why": f"made at {old}; the code it measures is unchanged"}
+    work.mkdir(parents=True, exist_ok=True)
+    stamp_path.write_text(json.dumps({"commit": record.get("commit"), "dirty": record.get("dirty", [])}) + "\n")
+    return outcome
+
+
+def _code(files: list[str]) -> list[str]:
+    """The files of a dirty list that are code (docs and written results are not: see NOT_CODE)."""
+    return [f for f in files if not (f.endswith(".md") or f.endswith("results.json") or f.startswith("bench/results/"))]

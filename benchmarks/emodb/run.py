@@ -8,6 +8,8 @@
    functionals (6373-d, one row) with opensmile at the files' native 22.05 kHz (the encoder's
    default), plus both functionals sets from audio resampled to 16 kHz for the SVM reference,
    into benchmarks/emodb/work/emodb.zarr (reused when up to date; `--fresh` redoes everything).
+   work/ is reused only while the code that made it is unchanged (benchmarks.common.reuse_or_clear:
+   a change to the trainer retrains, one to extraction re-extracts; results.json says which).
 2. Folds: one per speaker. Fold k: test = speaker k, train = the other seven. The split view
    has no dev split, so the trainer carves one: the split is speaker-independent, so dev is
    one whole training speaker (fuse.data.selection, fixed seed; issue 18), and early stopping
@@ -39,7 +41,7 @@ import yaml
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
 sys.path.insert(0, str(ROOT))
-from benchmarks.common import machine, run_extraction, run_record  # noqa: E402
+from benchmarks.common import machine, reuse_or_clear, run_extraction, run_record  # noqa: E402
 
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "emodb"
 REPORTED = ("uar", "macro_f1", "accuracy")
@@ -144,6 +146,7 @@ def main() -> None:
     if args.fresh and work.exists():
         shutil.rmtree(work)
     record = run_record()
+    reuse = reuse_or_clear(work, record, trained=[work / "folds"], benchmark=HERE)
 
     started = time.perf_counter()
     extraction = run_extraction(config, wav_root, work, "emodb.zarr")
@@ -206,6 +209,7 @@ def main() -> None:
     target = config["target"]
     out = {
         **record,
+        "work_reuse": reuse,
         "machine": machine(),
         "data": f"EmoDB ({wav_root}): {extraction['n_utterances']} utterances, speakers {sorted(set(speakers.tolist()))}",
         "protocol": (

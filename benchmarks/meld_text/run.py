@@ -7,7 +7,9 @@
    transcripts from --data; all-MiniLM-L6-v2 tokens (last layer, and layers 1-6 concatenated) and
    GloVe 6B 50-d words, all offline) into
    benchmarks/meld_text/work/meld_text.zarr. A second invocation finds nothing to do and reuses
-   the cache (`--fresh` deletes the work folder first, so the extraction is timed again).
+   the cache (`--fresh` deletes the work folder first, so the extraction is timed again). Runs
+   and cache are reused only while the code that made them is unchanged
+   (benchmarks.common.reuse_or_clear; results.json's `work_reuse` says what was cleared and why).
 2. Protocol: a split view of the cache (`fuse.data.split_view`, symbolic links, no copy) in
    which MELD dev becomes `test`. The trainer, finding no dev split, carves 10% of the training
    dialogues (fixed seed) for early stopping and the choice of the best epoch, so the MELD dev
@@ -37,7 +39,7 @@ import yaml
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
 sys.path.insert(0, str(ROOT))
-from benchmarks.common import machine, run_extraction, run_record  # noqa: E402
+from benchmarks.common import machine, reuse_or_clear, run_extraction, run_record  # noqa: E402
 
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "meld"
 REPORTED = ("weighted_f1", "accuracy", "macro_f1")
@@ -85,6 +87,7 @@ def main() -> None:
         used = {r["text"] for r in runs}  # extract only what the chosen systems read
         config["extract"]["features"] = [f for f in config["extract"]["features"] if f["name"] in used]
     provenance = run_record()
+    reuse = reuse_or_clear(work, provenance, trained=[work / "sweep"], benchmark=HERE)
 
     started = time.perf_counter()
     extraction = run_extraction(config, args.data, work, "meld_text.zarr")
@@ -150,6 +153,7 @@ def main() -> None:
     achieved = mean_of(target["system"])
     out = {
         **provenance,
+        "work_reuse": reuse,
         "machine": machine(),
         "data": f"MELD transcripts ({args.data}): {split_counts['train']} train + {split_counts['dev']} dev utterances; scored on MELD dev",
         "protocol": (
