@@ -72,7 +72,22 @@ class LearningOptions:
     )
     batch_size: int | None = Field(None, ge=1, description="[model default]")
     lr: float | None = Field(None, gt=0, description="Peak learning rate [model default].")
-    weight_decay: float | None = Field(None, ge=0, description="[model default]")
+    weight_decay: float | None = Field(None, ge=0, description="AdamW's decoupled weight decay [model default].")
+    l2: float = Field(
+        0.0, ge=0,
+        description="L2 penalty l2/2 * sum of squared weights (the weight-decayed parameters) added to the training loss: the "
+        "penalty logistic regression and ridge minimise, which decoupled weight_decay does not converge to; 0 = off.",
+    )  # fmt: skip
+    select_epoch: Literal["best", "last"] = Field(
+        "best",
+        description="The weights a run keeps: best = the best dev epoch (early stopping on); last = the last epoch of --epochs "
+        "(early stopping off), for a strongly regularised head trained to convergence, where a small dev set's peak overfits.",
+    )
+    fit_on: Literal["train", "train+dev"] = Field(
+        "train",
+        description="Rows trained on: train+dev refits on both (needs select_epoch last; dev scores are then in-sample and "
+        "say so), the last step of choosing settings on dev.",
+    )
     warmup_ratio: float | None = Field(None, ge=0, le=1, description="Fraction of the steps (plateau: of one epoch's steps) of linear warmup [model default].")
     grad_clip: float | None = Field(None, ge=0, description="Max gradient norm, 0 = off [model default].")
     patience: int | None = Field(None, ge=1, description="Early-stopping patience in epochs [model default].")
@@ -216,6 +231,8 @@ def parse_options(values: Mapping[str, Any], source: str = "options") -> TrainOp
     options.model_config = _check_model_config(options.model, options.model_config, source)
     if options.class_weights == "balanced":
         _check_balanced_weights(options, source)
+    if options.fit_on == "train+dev" and options.select_epoch != "last":
+        raise OptionsError(f"{source}: fit_on train+dev trains on the dev rows, so dev cannot choose the epoch; set select_epoch last")
     return options
 
 

@@ -251,3 +251,56 @@ def test_balanced_class_weights_weight_the_loss_by_inverse_training_frequency(tm
         parse_options({"model": "carat", "class_weights": "balanced"})
     with pytest.raises(OptionsError, match="class_weights"):
         parse_options({"model": "late", "class_weights": "inverse"})
+
+
+def test_l2_penalty_enters_the_loss_on_weights_only_and_shrinks_them(cache_path, tmp_path):
+    from fuse.training.recipe import TrainingRecipe
+
+    linear = {"hidden_size": 0, "dropout": 0.0, "loss": "cross_entropy"}
+    plain = train(_options(cache_path, tmp_path / "plain", epochs=4, lr=0.05, model_config=linear), echo=_quiet)
+    penalised = train(_options(cache_path, tmp_path / "l2", epochs=4, lr=0.05, model_config=linear, l2=1.0), echo=_quiet)
+    assert "train_l2" not in plain.history[0] and penalised.history[0]["train_l2"] > 0
+
+    def weight_norm(run_dir):
+        state = runs.load_checkpoint(run_dir / "last.pt").model["state"]
+        return sum(float(v.float().square().sum()) for k, v in state.items() if k.endswith("weight"))
+
+    assert weight_norm(penalised.run_dir) < 0.5 * weight_norm(plain.run_dir)
+    # What is penalised: the weight-decayed parameters, so no bias when biases are excluded from decay.
+    recipe = TrainingRecipe(echo=_quiet)
+    recipe.setup(_options(cache_path, tmp_path / "setup", epochs=1, model_config=linear, l2=1.0, exclude_norm_and_bias=True))
+    names = {id(p): n for n, p in recipe.model.named_parameters()}
+    chosen = {names[id(p)] for p in recipe.l2_parameters}
+    assert chosen and all(n.endswith("weight") for n in chosen)
+    recipe.cleanup()
+
+
+def test_select_epoch_last_keeps_the_final_epoch_and_turns_early_stopping_off(cache_path, tmp_path):
+    result = train(_options(cache_path, tmp_path / "run", epochs=5, patience=1, lr=0.3, select_epoch="last"), echo=_quiet)
+    assert len(result.history) == 5, "patience 1 must not stop a select_epoch last run"
+    assert result.metrics["kept_epoch"] == 5 and result.metrics["select_epoch"] == "last"
+    best, last = runs.load_checkpoint(result.run_dir / "best.pt"), runs.load_checkpoint(result.run_dir / "last.pt")
+    assert best.epoch == 5
+    for key, value in last.model["state"].items():
+        assert torch.equal(value, best.model["state"][key]), key
+
+
+def test_fit_on_train_and_dev_refits_on_both_and_says_dev_is_in_sample(cache_path, tmp_path):
+    from fuse.options import OptionsError, parse_options
+    from fuse.training.recipe import TrainingRecipe
+
+    with pytest.raises(OptionsError, match="set select_epoch last"):
+        parse_options({"model": "late", "fit_on": "train+dev"})
+    recipes = {}
+    for fit_on in ("train", "train+dev"):
+        recipe = TrainingRecipe(echo=_quiet)
+        recipe.setup(_options(cache_path, tmp_path / fit_on.replace("+", "-"), epochs=2, select_epoch="last", fit_on=fit_on))
+        recipes[fit_on] = recipe
+    train_rows, dev_rows = recipes["train"].rows["train"], recipes["train"].rows["dev"]
+    assert np.array_equal(recipes["train"].rows["fit"], train_rows)
+    assert np.array_equal(recipes["train+dev"].rows["fit"], np.sort(np.concatenate([train_rows, dev_rows])))
+    assert recipes["train+dev"].steps_per_epoch[0] > recipes["train"].steps_per_epoch[0]
+    result = recipes["train+dev"].train()
+    assert result.metrics["dev_in_sample"] is True and result.metrics["fit_on"] == "train+dev"
+    for recipe in recipes.values():
+        recipe.cleanup()

@@ -29,7 +29,14 @@ Choices:
   `last.pt` holds the whole training state, so `--resume` ends with the same metrics as an
   uninterrupted run.
 * Early stopping on the validation metric (weighted F1 single-label, micro F1 multi-label by
-  default) with the model's patience; `best.pt` keeps the best epoch.
+  default) with the model's patience; `best.pt` keeps the best epoch. `select_epoch: last`
+  keeps the last epoch instead and trains every epoch of the cap (early stopping off): for a
+  convex, strongly regularised head (`l2`) trained to convergence, picking the peak of a small
+  dev set picks noise (EmoDB, one dev speaker: benchmarks/README.md). `fit_on: train+dev`
+  then refits on both, the last step of choosing settings on dev (its dev scores are in-sample).
+* `l2`: a penalty l2/2 * ||w||^2 over the weight-decayed parameters, added to the loss and
+  so coupled to the gradient (what logistic regression and ridge minimise); AdamW's decoupled
+  `weight_decay` shrinks weights by lr * wd per step instead and does not reach that optimum.
 * Launched by torchrun with several processes, the run is data-parallel (DDP) with the
   single-process metrics at the same global batch size (`fuse.training.distributed`).
 """
@@ -187,6 +194,8 @@ class TrainingRecipe:
         if self.metric not in M.headline(self.task):
             raise TrainingError(f"--metric {self.metric!r} is not a {self.task} metric (choose from {', '.join(M.headline(self.task))})")
         self.rows = {split: self.data.indices(split) for split in ("train", "dev", "test")}
+        # The rows the optimiser sees: train, or train and dev for a refit (fit_on).
+        self.rows["fit"] = np.sort(np.concatenate([self.rows["train"], self.rows["dev"]])) if self.options.fit_on == "train+dev" else self.rows["train"]
         if state is None and self.task == "single_label":
             classes = np.unique(self.data.labels[self.rows["train"]])
             if len(classes) == 1:
@@ -225,8 +234,8 @@ class TrainingRecipe:
 
         if self.task != "single_label":
             raise TrainingError("class_weights balanced is defined for single-label tasks; for multi-label give BCE positive weights as model_config.class_weights")
-        weights = balanced_class_weights(self.data.labels[self.rows["train"]], self.data.n_classes)
-        self.echo("class weights (balanced, train split): " + ", ".join(f"{c} {w:.3f}" for c, w in zip(self.class_names, weights)))
+        weights = balanced_class_weights(self.data.labels[self.rows["fit"]], self.data.n_classes)
+        self.echo(f"class weights (balanced, {self.options.fit_on} rows): " + ", ".join(f"{c} {w:.3f}" for c, w in zip(self.class_names, weights)))
         return weights
 
     def _setup_optimizer(self) -> None:
@@ -239,13 +248,15 @@ class TrainingRecipe:
         except ValueError as exc:
             raise TrainingError(f"optimiser: {exc}") from None
         self.steps_per_epoch = [
-            self.data.n_batches(self.rows["train"], options.batch_size, True, options.seed, e, drop_last=options.drop_last) for e in range(options.epochs)
+            self.data.n_batches(self.rows["fit"], options.batch_size, True, options.seed, e, drop_last=options.drop_last) for e in range(options.epochs)
         ]
         self.scheduler = build_scheduler(
             self.optimizer, options.scheduler, options.warmup_ratio, sum(self.steps_per_epoch),
             steps_per_epoch=self.steps_per_epoch[0], patience=plateau_patience_for(options.patience),
         )  # fmt: skip
         self.autocast, self.scaler = autocast_for(self.device, options.amp)
+        # `l2` penalises what weight decay would decay (not biases and norms when those are excluded).
+        self.l2_parameters = [p for g in self.optimizer.param_groups if not g["name"].endswith("no_decay") for p in g["params"]]
 
     def _restore(self, state: C.Checkpoint) -> None:
         t = state.training
@@ -264,7 +275,11 @@ class TrainingRecipe:
         if self.finished_before is not None:
             return self.finished_before
         options = self.options
-        self.stop_reason = f"stopped by the epochs cap ({options.epochs}), not by early stopping (patience {options.patience})"
+        keep_last = options.select_epoch == "last"
+        self.stop_reason = (
+            f"ran all {options.epochs} epochs (select_epoch last: early stopping off)" if keep_last
+            else f"stopped by the epochs cap ({options.epochs}), not by early stopping (patience {options.patience})"
+        )  # fmt: skip
         for epoch in range(self.start_epoch, options.epochs):
             started = time.time()
             losses, parts, skipped = self.train_epoch(epoch)
@@ -292,6 +307,7 @@ class TrainingRecipe:
                 self.best_value, self.best_epoch, self.epochs_without_gain = value, epoch, 0
             else:
                 self.epochs_without_gain += 1
+            kept = improved or keep_last  # best.pt holds the weights the run reports
             reduced = end_epoch(self.scheduler, improved)  # "plateau": halve the lr after a stall
             self.echo(
                 f"epoch {epoch + 1}/{options.epochs}: train loss {row['train_loss']:.4f}, dev {self.metric} {value:.4f}"
@@ -299,13 +315,14 @@ class TrainingRecipe:
                 + (f", {skipped} step(s) skipped (NaN/inf loss)" if skipped else "")
                 + (f", learning rate reduced to {self.optimizer.param_groups[0]['lr']:.3g}" if reduced else "")
             )
-            if self.epochs_without_gain >= options.patience:
+            stop = not keep_last and self.epochs_without_gain >= options.patience
+            if stop:
                 self.stop_reason = f"early stop: no {self.metric} gain on dev for {options.patience} epochs"
             if self.group.is_main:
-                self.save_checkpoint(epoch + 1, best=improved)
+                self.save_checkpoint(epoch + 1, best=kept)
             if self.on_epoch_end is not None:
                 self.on_epoch_end(epoch, row)
-            if self.epochs_without_gain >= options.patience:
+            if stop:
                 break
         return self.finish()
 
@@ -315,7 +332,7 @@ class TrainingRecipe:
         model.train()
         losses, parts, skipped, bad_in_a_row = [], {}, 0, 0
         batches = self.data.batches(
-            self.rows["train"], options.batch_size, shuffle=True, seed=options.seed, epoch=epoch, drop_last=options.drop_last,
+            self.rows["fit"], options.batch_size, shuffle=True, seed=options.seed, epoch=epoch, drop_last=options.drop_last,
             shard=self.group.shard, pin_memory=self.pin_memory,
         )  # fmt: skip
         bar = tqdm(
@@ -332,6 +349,10 @@ class TrainingRecipe:
             if output.loss is None:
                 raise TrainingError(f"model {options.model!r} returned no loss for a labelled batch")
             loss, loss_for_backward, loss_parts = self._global_loss(output, n_here)
+            if options.l2:  # the same on every rank, so DDP's gradient average leaves it as is
+                penalty = 0.5 * options.l2 * sum(p.float().square().sum() for p in self.l2_parameters)
+                loss, loss_for_backward = loss + penalty.detach(), loss_for_backward + penalty
+                loss_parts = {**loss_parts, "l2": float(penalty.detach())}
             problem = None if torch.isfinite(loss) else "loss was"
             if problem is None:
                 self.scaler.scale(loss_for_backward).backward()
@@ -410,6 +431,10 @@ class TrainingRecipe:
             "metric": self.metric,
             "best_epoch": self.best_epoch + 1,
             "best_dev_value": self.best_value,
+            "select_epoch": self.options.select_epoch,
+            "kept_epoch": len(self.history) if self.options.select_epoch == "last" else self.best_epoch + 1,
+            "fit_on": self.options.fit_on,
+            "dev_in_sample": self.options.fit_on == "train+dev",
             "threshold": self.threshold if self.task == "multi_label" else None,
             "threshold_tuned_on_dev": tuned,
             "stop_reason": self.stop_reason,
@@ -430,7 +455,10 @@ class TrainingRecipe:
         plots = save_plots(self.run_dir, self.history, by_split, predictions, self.data.labels, self.class_names, self.task)
         shown = self.rows["test"] if len(self.rows["test"]) else self.rows["dev"]
         example = save_attention_example(self.run_dir, self.model, self.data, shown, self.device, self.options.model)
-        self.echo(f"{self.stop_reason}; best epoch {self.best_epoch + 1} ({self.metric} {self.best_value:.4f} on dev)")
+        self.echo(f"{self.stop_reason}; best epoch {self.best_epoch + 1} ({self.metric} {self.best_value:.4f} on dev)"
+                  + (f"; kept the last epoch ({len(self.history)})" if self.options.select_epoch == "last" else ""))
+        if self.options.fit_on == "train+dev":
+            self.echo("note: trained on train+dev (fit_on): the dev scores below are in-sample, not a validation")
         if self.stop_reason.startswith("stopped by the epochs cap") and self.epochs_without_gain == 0:
             self.echo(f"warning: the best epoch is the last allowed one ({self.options.epochs}); dev was still improving, raise --epochs")
         self.echo(M.format_table(by_split, self.task))
