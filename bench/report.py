@@ -44,7 +44,9 @@ REAL_DATA_MEASURES = STAGE_1 + STAGE_2  # benchmarks/<data set>/results.json, pl
 
 
 # A docs-only change does not make a result stale, nor does writing the results themselves.
-NOT_CODE = (":(exclude,glob)**/*.md", ":(exclude,glob)**/results.json", ":(exclude,glob)bench/results/**")
+# fnmatch patterns ("*" crosses "/"), used as git pathspecs too, where plain wildcards do the same.
+NOT_CODE_PATTERNS = ("*.md", "*/results.json", "bench/results/*")
+NOT_CODE = tuple(f":(exclude){pattern}" for pattern in NOT_CODE_PATTERNS)
 
 
 def _git(*args: str, root: Path = ROOT) -> str | None:

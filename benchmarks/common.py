@@ -4,6 +4,7 @@ Each `benchmarks/<name>/run.py` puts the repository root on sys.path and imports
 """
 from __future__ import annotations
 
+import fnmatch
 import json
 import os
 import platform
@@ -18,7 +19,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from bench.report import NOT_CODE, STAGE_1, STAGE_2  # noqa: E402  (one definition of "the code a result measures")
+from bench.report import NOT_CODE, NOT_CODE_PATTERNS, STAGE_1, STAGE_2  # noqa: E402  (one definition of "the code a result measures")
 
 STAMP = "produced_at.json"  # in a benchmark's work/: the commit (and dirt) its extraction and runs were made at
 
@@ -118,8 +119,8 @@ def reuse_or_clear(work: Path, record: dict, trained: list[Path], benchmark: Pat
         outcome = {"reused_from": None, "cleared": "nothing", "why": "work/ was empty"}
     elif stamp is None:
         outcome = clear("everything", f"no {STAMP}: the commit its contents were made at is unknown")
-    elif _code(stamp.get("dirty", [])) or _code(record.get("dirty", [])):
-        outcome = clear("everything", "made or run with uncommitted code changes: " + ", ".join((_code(stamp.get("dirty", [])) or _code(record["dirty"]))[:3]))
+    elif dirt := _code(stamp.get("dirty", [])) or _code(record.get("dirty", [])):
+        outcome = clear("everything", "made or run with uncommitted code changes: " + ", ".join(dirt[:3]))
     elif stamp.get("commit") == record.get("commit"):
         outcome = {"reused_from": stamp["commit"], "cleared": "nothing", "why": "made at this commit"}
     else:
@@ -144,4 +145,4 @@ def reuse_or_clear(work: Path, record: dict, trained: list[Path], benchmark: Pat
 
 def _code(files: list[str]) -> list[str]:
     """The files of a dirty list that are code (docs and written results are not: see NOT_CODE)."""
-    return [f for f in files if not (f.endswith(".md") or f.endswith("results.json") or f.startswith("bench/results/"))]
+    return [f for f in files if not any(fnmatch.fnmatchcase(f, pattern) for pattern in NOT_CODE_PATTERNS)]
