@@ -3,10 +3,11 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import subprocess
 from pathlib import Path
 
 import pytest
+
+from tests.git_helpers import commit, git
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -19,28 +20,18 @@ def report():
     return module
 
 
-def _git(repo: Path, *args: str) -> str:
-    return subprocess.run(["git", *args], cwd=repo, check=True, capture_output=True, text=True).stdout.strip()
-
-
-def _commit(repo: Path, message: str) -> str:
-    _git(repo, "add", "-A")
-    _git(repo, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", message)
-    return _git(repo, "rev-parse", "HEAD")
-
-
 def test_result_goes_stale_when_its_code_changes(report, tmp_path):
     repo = tmp_path
-    _git(repo, "init", "-q")
+    git(repo, "init", "-q")
     (repo / "cache_schema").mkdir()
     (repo / "cache_schema" / "reader.py").write_text("x = 1\n")
     (repo / "bench" / "results").mkdir(parents=True)
     (repo / "bench" / "cache_io.py").write_text("print('bench')\n")
-    measured = _commit(repo, "code")
+    measured = commit(repo, "code")
     result_path = repo / "bench" / "results" / "cache_io.json"
     result = {"commit": measured, "command": "python bench/cache_io.py --utterances 20000"}
     result_path.write_text(json.dumps(result))
-    _commit(repo, "result")
+    commit(repo, "result")
 
     fresh, line = report.freshness(result_path, result, root=repo)
     assert fresh and line.startswith("current") and "uncommitted" not in line
@@ -49,16 +40,16 @@ def test_result_goes_stale_when_its_code_changes(report, tmp_path):
     assert fresh and "uncommitted changes" in line  # judged by its commit, the dirt said aloud
 
     (repo / "cache_schema" / "LAYOUT.md").write_text("docs only\n")
-    _commit(repo, "docs")
+    commit(repo, "docs")
     assert report.freshness(result_path, result, root=repo)[0]  # docs do not make it stale
 
     (repo / "fuse").mkdir()
     (repo / "fuse" / "loader.py").write_text("y = 2\n")  # code it does not measure
-    _commit(repo, "other code")
+    commit(repo, "other code")
     assert report.freshness(result_path, result, root=repo)[0]
 
     (repo / "bench" / "cache_io.py").write_text("print('changed bench')\n")  # its own script
-    changed = _commit(repo, "script")
+    changed = commit(repo, "script")
     fresh, line = report.freshness(result_path, result, root=repo)
     assert not fresh and changed[:10] in line and "bench/cache_io.py" in line
 

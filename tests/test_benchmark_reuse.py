@@ -2,23 +2,13 @@
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from benchmarks.common import STAMP, reuse_or_clear  # noqa: E402
-
-
-def _git(repo: Path, *args: str) -> str:
-    return subprocess.run(["git", *args], cwd=repo, check=True, capture_output=True, text=True).stdout.strip()
-
-
-def _commit(repo: Path, message: str) -> str:
-    _git(repo, "add", "-A")
-    _git(repo, "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", message)
-    return _git(repo, "rev-parse", "HEAD")
+from tests.git_helpers import commit, git
 
 
 def _repo(tmp_path: Path) -> tuple[Path, Path, Path]:
@@ -26,7 +16,7 @@ def _repo(tmp_path: Path) -> tuple[Path, Path, Path]:
     for folder, text in (("extract", "e = 1\n"), ("fuse", "f = 1\n"), ("benchmarks/emodb", "run = 1\n")):
         (repo / folder).mkdir(parents=True)
         (repo / folder / "code.py").write_text(text)
-    _git(repo, "init", "-q")
+    git(repo, "init", "-q")
     (repo / ".gitignore").write_text("work/\n")
     benchmark = repo / "benchmarks" / "emodb"
     return repo, benchmark, benchmark / "work"
@@ -44,12 +34,12 @@ def _reuse(repo, benchmark, work, commit, dirty=()):
 
 def test_work_made_at_this_commit_or_unchanged_code_is_reused(tmp_path):
     repo, benchmark, work = _repo(tmp_path)
-    first = _commit(repo, "code")
+    first = commit(repo, "code")
     assert _reuse(repo, benchmark, work, first)["why"] == "work/ was empty"
     _fill(work)
     assert _reuse(repo, benchmark, work, first)["reused_from"] == first
     (repo / "README.md").write_text("docs only\n")
-    second = _commit(repo, "docs")
+    second = commit(repo, "docs")
     outcome = _reuse(repo, benchmark, work, second)
     assert outcome["cleared"] == "nothing" and outcome["reused_from"] == first
     assert (work / "folds" / "run" / "metrics.json").is_file()
@@ -60,24 +50,24 @@ def test_work_made_at_this_commit_or_unchanged_code_is_reused(tmp_path):
 
 def test_a_trainer_change_retrains_and_an_extraction_change_re_extracts(tmp_path):
     repo, benchmark, work = _repo(tmp_path)
-    first = _commit(repo, "code")
+    first = commit(repo, "code")
     _reuse(repo, benchmark, work, first)
     _fill(work)
     (repo / "fuse" / "code.py").write_text("f = 2\n")
-    second = _commit(repo, "trainer")
+    second = commit(repo, "trainer")
     outcome = _reuse(repo, benchmark, work, second)
     assert outcome["cleared"] == "training" and "fuse/code.py" in outcome["why"]
     assert (work / "cache.zarr").is_dir() and not (work / "folds").exists()
     _fill(work)
     (repo / "extract" / "code.py").write_text("e = 2\n")
-    third = _commit(repo, "extraction")
+    third = commit(repo, "extraction")
     assert _reuse(repo, benchmark, work, third)["cleared"] == "everything"
     assert not (work / "cache.zarr").exists()
 
 
 def test_unknown_provenance_or_uncommitted_code_clears_everything(tmp_path):
     repo, benchmark, work = _repo(tmp_path)
-    first = _commit(repo, "code")
+    first = commit(repo, "code")
     _fill(work)  # made before stamps existed
     assert _reuse(repo, benchmark, work, first)["cleared"] == "everything"
     _fill(work)
