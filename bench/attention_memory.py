@@ -33,6 +33,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # bench.provenance
 LENGTHS = (1000, 4000, 10891)
 
 
@@ -138,8 +139,10 @@ def main() -> None:
         print(json.dumps(run_case(json.loads(args.case))))
         return
 
-    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
-    dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT, capture_output=True, text=True).stdout.strip())
+    from bench.provenance import UNCOMMITTED, commit_label
+
+    label = commit_label()
+    commit, dirty = label.removesuffix(UNCOMMITTED), label.endswith(UNCOMMITTED)
     results = []
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     for case in cases(args.threads):

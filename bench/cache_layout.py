@@ -20,7 +20,7 @@ import json
 import os
 import platform
 import shutil
-import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -81,7 +81,10 @@ def main() -> None:
     ap.add_argument("--workdir", default=None)
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "cache_layout.json"))
     args = ap.parse_args()
-    commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=Path(__file__).parent).stdout.strip()
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    from bench.provenance import commit_label
+
+    commit = commit_label()
     rng = np.random.default_rng(0)
     # Embedding-like values: a random pool, rows sliced from it (realistic fp16 entropy).
     pool = rng.standard_normal((8192, args.dim), dtype=np.float32).astype(np.float16)

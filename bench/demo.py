@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # bench.provenance
 RESULT = ROOT / "bench" / "results" / "demo.json"
 CLEAN_ENV = {"HOME": os.environ.get("HOME", "/root"), "PATH": "/usr/local/bin:/usr/bin:/bin", "PIP_NO_CACHE_DIR": "1", "LANG": "C.UTF-8"}
 
@@ -54,8 +55,10 @@ def main() -> None:
     parser.add_argument("--keep", type=Path, help="clone into this (new) folder and keep it")
     parser.add_argument("--no-ablation", action="store_true", help="skip the fused-vs-single-modality check")
     args = parser.parse_args()
-    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
-    dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT, capture_output=True, text=True).stdout.strip())
+    from bench.provenance import UNCOMMITTED, commit_label
+
+    label = commit_label()
+    commit, dirty = label.removesuffix(UNCOMMITTED), label.endswith(UNCOMMITTED)
     parent = args.keep.parent if args.keep else Path(tempfile.mkdtemp(prefix="emofuse-demo-"))
     clone = args.keep or parent / "emofuse"
     if clone.exists():
@@ -71,7 +74,7 @@ def main() -> None:
         elapsed = re.search(r"Elapsed time: (\d+):(\d+):([\d.]+)", first)
         result = {
             "command": "python bench/demo.py",
-            "commit": commit + (" (with uncommitted changes)" if dirty else ""),
+            "commit": label,
             "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
             "first_run": {
                 "what": "fresh clone, no .venv, no cache, no pip cache: venv + installs + demo corpus + snakemake extract --cores 8 + fuse train",

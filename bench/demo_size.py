@@ -24,6 +24,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from bench.provenance import commit_label  # noqa: E402
 from benchmarks.common import run_extraction  # noqa: E402
 
 RESULT = ROOT / "bench" / "results" / "demo_size.json"
@@ -72,6 +73,7 @@ def main() -> None:
             print(dialogues, json.dumps(results[str(dialogues)]), flush=True)
     out = {
         "command": f"python bench/demo_size.py --dialogues {args.dialogues} --seeds {args.seeds}",
+        "commit": commit_label(),
         "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(), "python": platform.python_version()},
         "protocol": "default demo config and fuse ablate defaults (cmaf, auto normalisation); weighted F1 on the demo's test split",
         "results": results,

@@ -154,9 +154,9 @@ def machine(load_at_start: list[float]) -> dict:
 
 
 def commit() -> str:
-    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout.strip()
-    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO, capture_output=True, text=True).stdout.strip()
-    return head + ("+uncommitted" if dirty else "")
+    from bench.provenance import commit_label
+
+    return commit_label()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -74,7 +74,9 @@ def start_s3_server(env: dict) -> tuple[subprocess.Popen, str]:
 
 
 def git_commit() -> str:
-    return subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    from bench.provenance import commit_label
+
+    return commit_label()
 
 
 def lockstep(views: dict, rows, batch_size: int, epochs, step) -> dict[str, list[float]]:

@@ -63,13 +63,14 @@ def _commit_field(result: dict) -> str:
 
 
 def recorded_commit(result: dict) -> str | None:
-    """The commit a result file says it measured: "HASH (with uncommitted changes)" and
-    "HASH+uncommitted" give HASH."""
-    return re.split(r"[\s+]", _commit_field(result))[0] or None
+    """The commit a result file says it measured: "HASH (with uncommitted changes)" (see
+    bench/provenance.py) and the older "HASH+uncommitted" and "HASH-dirty" give HASH."""
+    return re.split(r"[\s+]|-dirty", _commit_field(result))[0] or None
 
 
 def _dirty_note(result: dict) -> str:
-    return " plus uncommitted changes (the file does not say which)" if "uncommitted" in _commit_field(result) else ""
+    field = _commit_field(result)
+    return " plus uncommitted changes (the file does not say which)" if "uncommitted" in field or field.endswith("-dirty") else ""
 
 
 def measured_paths(path: Path, result: dict, root: Path = ROOT) -> list[str]:

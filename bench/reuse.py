@@ -120,6 +120,7 @@ def main() -> None:
 
         grid = {"base": BASE, "grid": GRID}
         (work / "grid.yaml").write_text(yaml.safe_dump(grid, sort_keys=False))
+        from bench.provenance import commit_label
         from fuse.sweep import expand
 
         plan = expand(grid, source="grid.yaml")
@@ -153,6 +154,7 @@ def main() -> None:
         reextract_s = len(plan.runs) * extract_s + separate_s
         result = {
             "command": "python bench/reuse.py",
+            "commit": commit_label(),
             "machine": machine(),
             "setup": {
                 "corpus": f"MELD text, first {args.dialogues} train dialogues + {max(2, args.dialogues // 4)} dev dialogues ({utterances['train']} + {utterances['dev']} utterances)",

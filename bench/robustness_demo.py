@@ -21,7 +21,6 @@ import argparse
 import concurrent.futures
 import os
 import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -29,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # bench.provenance
 RESULT = ROOT / "bench" / "results" / "robustness_demo.json"
 
 
@@ -90,8 +90,10 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=2, help="runs trained at once (one thread each)")
     parser.add_argument("--runs", default="runs/robustness_demo")
     args = parser.parse_args()
-    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
-    dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT, capture_output=True, text=True).stdout.strip())
+    from bench.provenance import UNCOMMITTED, commit_label
+
+    label = commit_label()
+    commit, dirty = label.removesuffix(UNCOMMITTED), label.endswith(UNCOMMITTED)
     seeds = [int(s) for s in args.seeds.split(",")]
     probabilities = [0.0, args.p]
     cache = str(Path(args.cache).resolve())
@@ -109,7 +111,7 @@ def main() -> None:
         RESULT,
         {
             "command": "python " + " ".join(["bench/robustness_demo.py", *sys.argv[1:]]),
-            "commit": commit + (" (with uncommitted changes)" if dirty else ""),
+            "commit": label,
             "machine": {
                 "cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(), "python": platform.python_version(),
                 "platform": platform.platform(), "load_average_before": [round(x, 1) for x in load_before],

@@ -33,7 +33,6 @@ import argparse
 import copy
 import json
 import os
-import platform
 import shutil
 import subprocess
 import sys
@@ -176,9 +175,9 @@ def epoch_times(cache_path: Path, model_name: str, args) -> dict:
 
 
 def commit() -> str:
-    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-    return head + (" (with uncommitted changes)" if dirty else "")
+    from bench.provenance import commit_label
+
+    return commit_label()
 
 
 def main() -> None:

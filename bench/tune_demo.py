@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # bench.provenance
 RESULT = ROOT / "bench" / "results" / "tune_demo.json"
 SPACE = ROOT / "bench" / "tune_demo_space.yaml"
 
@@ -37,8 +38,10 @@ def main() -> None:
     args = parser.parse_args()
     if not Path(args.cache).exists():
         raise SystemExit(f"{args.cache}: no demo cache; build it with `snakemake extract --cores 2`")
-    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.strip()
-    dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT, capture_output=True, text=True).stdout.strip())
+    from bench.provenance import UNCOMMITTED, commit_label
+
+    label = commit_label()
+    commit, dirty = label.removesuffix(UNCOMMITTED), label.endswith(UNCOMMITTED)
     out = Path(args.out)
     if args.fresh and out.exists():
         shutil.rmtree(out)

@@ -64,3 +64,29 @@ def test_commit_in_the_machine_record_counts(report):
     assert report.recorded_commit({"machine": {}}) is None
     assert report.recorded_commit({"commit": "abc (with uncommitted changes)"}) == "abc"
     assert report.recorded_commit({"commit": "abc+uncommitted"}) == "abc"
+
+
+def test_commit_label_ignores_written_results_but_not_code(tmp_path):
+    from bench.provenance import UNCOMMITTED, commit_label
+
+    (tmp_path / "bench" / "results").mkdir(parents=True)
+    (tmp_path / "fuse").mkdir()
+    (tmp_path / "bench" / "results" / "a.json").write_text("{}\n")
+    (tmp_path / "fuse" / "m.py").write_text("x = 1\n")
+    git(tmp_path, "init", "-q")
+    head = commit(tmp_path, "start")
+    (tmp_path / "bench" / "results" / "a.json").write_text('{"new": 1}\n')  # an earlier benchmark's output
+    (tmp_path / "NOTES.md").write_text("untracked\n")
+    assert commit_label(tmp_path) == head
+    (tmp_path / "fuse" / "m.py").write_text("x = 2\n")
+    assert commit_label(tmp_path) == head + UNCOMMITTED
+    assert commit_label(tmp_path / "fuse").startswith(head)  # any folder of the checkout
+    outside = tmp_path.parent / f"{tmp_path.name}-not-a-checkout"
+    outside.mkdir()
+    assert commit_label(outside) == "unknown"
+
+
+def test_recorded_commit_reads_every_label_style(report):
+    assert report.recorded_commit({"commit": "abc-dirty"}) == "abc"
+    assert report._dirty_note({"commit": "abc-dirty"}) and report._dirty_note({"commit": "abc (with uncommitted changes)"})
+    assert not report._dirty_note({"commit": "abc"})
