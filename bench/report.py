@@ -85,7 +85,16 @@ def measured_paths(path: Path, result: dict, root: Path = ROOT) -> list[str]:
 
 
 def freshness(path: Path, result: dict, root: Path = ROOT) -> tuple[bool, str]:
-    """(current?, one line saying why) for a result file."""
+    """(current?, one line saying why) for a result file.
+
+    An equivalence record ({"before": {"commit"}, "after": {"commit"}, "identical"}) proves that
+    one change left the numbers unchanged: it is about those two commits, and re-running it
+    at a later commit would measure a different change, so it never goes stale.
+    """
+    before, after = (result.get(k) for k in ("before", "after"))
+    if isinstance(before, dict) and isinstance(after, dict) and before.get("commit") and after.get("commit") and "identical" in result:
+        outcome = "identical numbers" if result["identical"] else "numbers differ"
+        return True, f"record of one change: {str(before['commit'])[:10]} -> {str(after['commit'])[:10]}, {outcome}"
     commit = recorded_commit(result)
     if commit is None:
         return False, "**stale**: records no commit"

@@ -90,3 +90,11 @@ def test_recorded_commit_reads_every_label_style(report):
     assert report.recorded_commit({"commit": "abc-dirty"}) == "abc"
     assert report._dirty_note({"commit": "abc-dirty"}) and report._dirty_note({"commit": "abc (with uncommitted changes)"})
     assert not report._dirty_note({"commit": "abc"})
+
+
+def test_an_equivalence_record_is_about_its_two_commits_and_never_stale(report, tmp_path):
+    record = {"before": {"commit": "aaaaaaa"}, "after": {"commit": "bbbbbbb"}, "identical": True, "commit": "bbbbbbb"}
+    current, why = report.freshness(tmp_path / "x.json", record, root=tmp_path)
+    assert current and "aaaaaaa -> bbbbbbb, identical numbers" in why
+    assert "numbers differ" in report.freshness(tmp_path / "x.json", {**record, "identical": False}, root=tmp_path)[1]
+    assert not report.freshness(tmp_path / "x.json", {"commit": "aaaaaaa"}, root=tmp_path)[0]  # an ordinary result with an unknown commit
