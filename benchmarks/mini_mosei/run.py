@@ -5,6 +5,8 @@
 1. Extraction: `snakemake extract --cores 2` on config.yaml's `extract` block: the GloVe,
    COVAREP and FACET computational sequences cut to every labelled segment of the labels file,
    into benchmarks/mini_mosei/work/mosei.zarr (reused when up to date; `--fresh` redoes it).
+   Cache and runs are reused only while the code that made them is unchanged
+   (benchmarks.common.reuse_or_clear; results.json's `work_reuse` says what was cleared and why).
 2. Training: config.yaml's `train` runs x --seeds as one `fuse sweep` on the cache's own
    splits (the adapter's hash split of the video ids), multi-label (an emotion is present when
    its intensity is > 0), early stopping on micro F1 over the dev split.
@@ -30,7 +32,7 @@ import yaml
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
 sys.path.insert(0, str(ROOT))
-from benchmarks.common import machine, run_extraction  # noqa: E402
+from benchmarks.common import machine, reuse_or_clear, run_extraction, run_record  # noqa: E402
 
 DEFAULT_DATA = ROOT.parent / "shared" / "data" / "mini_mosei"
 REPORTED = ("micro_f1", "macro_f1", "sample_accuracy", "hamming_loss")
@@ -56,6 +58,8 @@ def main() -> None:
     work = HERE / "work"
     if args.fresh and work.exists():
         shutil.rmtree(work)
+    provenance = run_record()
+    reuse = reuse_or_clear(work, provenance, trained=[work / "sweep"], benchmark=HERE)
 
     started = time.perf_counter()
     extraction = run_extraction(config, args.data, work, "mosei.zarr")
@@ -93,7 +97,8 @@ def main() -> None:
         for model, c in collected.items()
     }
     out = {
-        "command": "python benchmarks/mini_mosei/run.py --seeds " + ",".join(map(str, seeds)),
+        **provenance,
+        "work_reuse": reuse,
         "machine": machine(),
         "data": (
             f"SYNTHETIC feature values in CMU-MOSEI-shaped .csd files written by the CMU-MultimodalSDK ({args.data}); "
