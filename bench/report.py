@@ -215,7 +215,9 @@ def main() -> None:
     ]
     real = sorted((ROOT / "benchmarks").glob("*/results.json"))
     every = [(p, _load(p)) for p in [*real, *sorted(RESULTS.glob("*.json"))]]
-    parts[5:5] = ["", "Freshness of every result file (see `bench/report.py`):", "", _status_table(every)]
+    parts[5:5] = ["", "Freshness of every result file (see `bench/report.py`). Each file records the commit it "
+                  "measured (`bench/provenance.py`); \"plus uncommitted changes\" means code, not results or docs, "
+                  "differed from that commit when it ran.", "", _status_table(every)]
     if not real:
         parts.append("No real-data results yet (run the scripts in `benchmarks/`).")
     for path in real:
