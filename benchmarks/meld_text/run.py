@@ -90,7 +90,7 @@ def collect(entries: list[dict], plan, folder: Path, suffix: str = "") -> dict[s
     return systems
 
 
-def row(s: dict, provenance: dict) -> dict:
+def results_row(s: dict, provenance: dict) -> dict:
     """A results.json row for one system of `collect`."""
     dev = {m: summarise(v) for m, v in s["meld_dev"].items()}
     carved = "in-sample (trained on it)" if s["in_sample_dev"] else f"{np.mean(s['carved_validation_weighted_f1']):.4f}"
@@ -169,7 +169,7 @@ def main() -> None:
         raise SystemExit(f"runs failed: {result.failed}")
 
     systems = collect(entries, plan, work / "sweep")
-    results = {system: row(s, provenance) for system, s in systems.items()}
+    results = {system: results_row(s, provenance) for system, s in systems.items()}
     previous = json.loads((HERE / "results.json").read_text()) if (HERE / "results.json").is_file() else {}
     kept = {}
     if chosen:  # rows not re-run keep their figures and say which commit and command made them
@@ -204,7 +204,7 @@ def main() -> None:
         refit = refit_on_all_of_train(chosen, config["train"]["base"], view, work, args.jobs)
         systems.update(refit)
         judged = chosen_system + REFIT_SUFFIX
-        results[judged] = row(refit[judged], provenance)
+        results[judged] = results_row(refit[judged], provenance)
         results = {k: results[k] for k in sorted(results, key=order.index)}
     best_system = max(results, key=mean_of)
     achieved = mean_of(judged)
