@@ -1,16 +1,15 @@
 """The commit a benchmark measured, as its result file records it: one definition for bench/.
 
 A figure measured with uncommitted *code* is not the commit's figure, so the label says so.
-Result files and docs are not code (bench.report.NOT_CODE_PATTERNS): writing one benchmark's
+Result files and docs are not code (bench.report.code_files): writing one benchmark's
 JSON must not mark the next benchmark of the same session "uncommitted".
 """
 from __future__ import annotations
 
-import fnmatch
 import subprocess
 from pathlib import Path
 
-from bench.report import NOT_CODE_PATTERNS
+from bench.report import code_files
 
 ROOT = Path(__file__).resolve().parent.parent
 UNCOMMITTED = " (with uncommitted changes)"  # bench.report.recorded_commit strips it
@@ -20,7 +19,7 @@ def code_changes(root: Path = ROOT) -> list[str]:
     """Tracked files changed since HEAD that are code (untracked files are not looked at)."""
     done = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root, capture_output=True, text=True)
     changed = [line[3:] for line in done.stdout.splitlines() if line.strip()]
-    return [f for f in changed if not any(fnmatch.fnmatchcase(f, pattern) for pattern in NOT_CODE_PATTERNS)]
+    return code_files(changed)
 
 
 def commit_label(root: Path = ROOT) -> str:

@@ -13,6 +13,7 @@ top, so a figure is never quoted for code it did not measure.
 """
 from __future__ import annotations
 
+import fnmatch
 import json
 import re
 import subprocess
@@ -47,6 +48,11 @@ REAL_DATA_MEASURES = STAGE_1 + STAGE_2  # benchmarks/<data set>/results.json, pl
 # fnmatch patterns ("*" crosses "/"), used as git pathspecs too, where plain wildcards do the same.
 NOT_CODE_PATTERNS = ("*.md", "*/results.json", "bench/results/*")
 NOT_CODE = tuple(f":(exclude){pattern}" for pattern in NOT_CODE_PATTERNS)
+
+
+def code_files(files: list[str]) -> list[str]:
+    """The paths of `files` that are code (docs and written results are not: NOT_CODE_PATTERNS)."""
+    return [f for f in files if not any(fnmatch.fnmatchcase(f, pattern) for pattern in NOT_CODE_PATTERNS)]
 
 
 def _git(*args: str, root: Path = ROOT) -> str | None:

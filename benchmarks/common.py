@@ -4,7 +4,6 @@ Each `benchmarks/<name>/run.py` puts the repository root on sys.path and imports
 """
 from __future__ import annotations
 
-import fnmatch
 import json
 import os
 import platform
@@ -19,7 +18,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from bench.report import NOT_CODE, NOT_CODE_PATTERNS, STAGE_1, STAGE_2  # noqa: E402  (one definition of "the code a result measures")
+from bench.report import NOT_CODE, STAGE_1, STAGE_2, code_files  # noqa: E402  (one definition of "the code a result measures")
 
 STAMP = "produced_at.json"  # in a benchmark's work/: the commit (and dirt) its extraction and runs were made at
 
@@ -119,7 +118,7 @@ def reuse_or_clear(work: Path, record: dict, trained: list[Path], benchmark: Pat
         outcome = {"reused_from": None, "cleared": "nothing", "why": "work/ was empty"}
     elif stamp is None:
         outcome = clear("everything", f"no {STAMP}: the commit its contents were made at is unknown")
-    elif dirt := _code(stamp.get("dirty", [])) or _code(record.get("dirty", [])):
+    elif dirt := code_files(stamp.get("dirty", [])) or code_files(record.get("dirty", [])):
         outcome = clear("everything", "made or run with uncommitted code changes: " + ", ".join(dirt[:3]))
     elif stamp.get("commit") == record.get("commit"):
         outcome = {"reused_from": stamp["commit"], "cleared": "nothing", "why": "made at this commit"}
@@ -141,8 +140,3 @@ def reuse_or_clear(work: Path, record: dict, trained: list[Path], benchmark: Pat
     work.mkdir(parents=True, exist_ok=True)
     stamp_path.write_text(json.dumps({"commit": record.get("commit"), "dirty": record.get("dirty", [])}) + "\n")
     return outcome
-
-
-def _code(files: list[str]) -> list[str]:
-    """The files of a dirty list that are code (docs and written results are not: see NOT_CODE)."""
-    return [f for f in files if not any(fnmatch.fnmatchcase(f, pattern) for pattern in NOT_CODE_PATTERNS)]

@@ -17,7 +17,6 @@ rewrites the reference to that folder.
 """
 from __future__ import annotations
 
-import hashlib
 import shutil
 import subprocess
 import sys
@@ -25,16 +24,10 @@ import tempfile
 import zipfile
 from pathlib import Path
 
+from extract.encoders.base import sha256_file
+
 PREFIX = "benchmark-checkpoint:"
 CHECKPOINTS = Path(__file__).resolve().parent / "checkpoints"
-
-
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(1 << 22):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def assemble(parts: list[Path], dest: Path, digests: dict[str, str]) -> Path:
@@ -60,7 +53,7 @@ def assemble(parts: list[Path], dest: Path, digests: dict[str, str]) -> Path:
         for relative, expected in digests.items():
             if not (folder / relative).is_file():
                 raise ValueError(f"{dest.name}: {relative} is not in the archive")
-            if (found := sha256(folder / relative)) != expected:
+            if (found := sha256_file(folder / relative)) != expected:
                 raise ValueError(f"{dest.name}: {relative} has sha256 {found}, expected {expected}")
         folder.rename(dest)
     return dest

@@ -75,8 +75,9 @@ def collect(entries: list[dict], plan, folder: Path, suffix: str = "") -> dict[s
     systems: dict[str, dict] = {}
     for entry, run in zip(entries, plan.runs):
         metrics = json.loads((folder / run.name / "metrics.json").read_text())
-        s = systems.setdefault(system_name(entry) + suffix, {"entry": entry, "runs": [], "meld_dev": {m: [] for m in REPORTED}, "carved_validation_weighted_f1": [],
+        s = systems.setdefault(system_name(entry) + suffix, {"entries": [], "runs": [], "meld_dev": {m: [] for m in REPORTED}, "carved_validation_weighted_f1": [],
                                                             "kept_epochs": [], "in_sample_dev": metrics.get("dev_in_sample", False), "seconds": []})
+        s["entries"].append(entry)
         s["runs"].append(run.name)
         for m in REPORTED:
             s["meld_dev"][m].append(metrics["splits"]["test"][m])
@@ -199,9 +200,7 @@ def main() -> None:
     if target.get("refit_chosen"):
         if chosen_system not in systems:
             raise SystemExit(f"target: {chosen_system!r} is chosen; train it in this invocation (--systems) so that it can be refit")
-        chosen = systems[chosen_system]
-        chosen["entries"] = [e for e in entries if system_name(e) == chosen_system]
-        refit = refit_on_all_of_train(chosen, config["train"]["base"], view, work, args.jobs)
+        refit = refit_on_all_of_train(systems[chosen_system], config["train"]["base"], view, work, args.jobs)
         systems.update(refit)
         judged = chosen_system + REFIT_SUFFIX
         results[judged] = results_row(refit[judged], provenance)
