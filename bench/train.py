@@ -21,7 +21,12 @@
     Target: the larger cache's figure within 10% of the smaller one's. The same two runs are
     repeated with glibc's mmap threshold fixed (MALLOC_MMAP_THRESHOLD_, an A/B arm recorded
     beside the default one: peak, ratio and epoch seconds), to tell allocator behaviour from
-    data the loader keeps. Small streaming blocks
+    data the loader keeps. Two more arms tell where growth comes from: the small cache trained
+    for 4 epochs (as many training batches as the large cache's one epoch: if its peak matches
+    the large cache's, memory follows the batches processed, not the cache's size), and both
+    caches with tracemalloc on (the peak of the Python and numpy heap above the baseline: the
+    arrays the loader and the run hold; torch's tensors and the allocator's retention are not
+    traced; tracemalloc slows the run, so those epoch seconds are not comparable). Small streaming blocks
     (`--memory-block-mb`) and a small cache of 20k utterances (`--memory-dialogues` x 10; the
     large one 80k) so that every split spans many pools, as on a real corpus. Setup is in the
     figure: fitting the normaliser reads (and CRC-checks) every training chunk once.
@@ -81,24 +86,31 @@ def memory_status() -> dict:
 
 
 def child(args) -> None:
-    """Runs in a fresh process: one streaming training epoch, prints a JSON line."""
+    """Runs in a fresh process: `--epochs` streaming training epochs, prints a JSON line."""
+    import tracemalloc
+
     from fuse.training import TrainOptions, train
     import fuse.models  # noqa: F401  (every import the run needs, before the baseline)
 
     baseline = memory_status()["VmRSS"]
+    if args.trace_heap:
+        tracemalloc.start()
     options = TrainOptions(
-        cache=args.cache, model="late", out=args.run_dir, epochs=1, batch_size=args.batch_size, lr=1e-4,
-        progress=False, tensorboard=False, metadata=[], block_mb=args.memory_block_mb,
+        cache=args.cache, model="late", out=args.run_dir, epochs=args.epochs, patience=args.epochs, batch_size=args.batch_size,
+        lr=1e-4, progress=False, tensorboard=False, metadata=[], block_mb=args.memory_block_mb,
     )  # fmt: skip
     result = train(options, echo=lambda *a: None)
     peak = memory_status()["VmHWM"]
-    print(json.dumps({"train_seconds": [r["train_seconds"] for r in result.history], "baseline_rss_mb": baseline, "peak_rss_mb": peak, "peak_above_baseline_mb": round(peak - baseline, 1)}))
+    record = {"epochs": len(result.history), "train_seconds": [r["train_seconds"] for r in result.history], "baseline_rss_mb": baseline, "peak_rss_mb": peak, "peak_above_baseline_mb": round(peak - baseline, 1)}
+    if args.trace_heap:
+        record["python_heap_peak_mb"] = round(tracemalloc.get_traced_memory()[1] / 2**20, 1)
+    print(json.dumps(record))
 
 
-def spawn(cache: Path, run_dir: Path, args, extra_env: dict | None = None) -> dict:
+def spawn(cache: Path, run_dir: Path, args, extra_env: dict | None = None, epochs: int = 1, trace_heap: bool = False) -> dict:
     command = [
-        sys.executable, __file__, "--child", "--cache", str(cache), "--run-dir", str(run_dir),
-        "--batch-size", str(args.batch_size), "--memory-block-mb", str(args.memory_block_mb),
+        sys.executable, __file__, "--child", "--cache", str(cache), "--run-dir", str(run_dir), "--epochs", str(epochs),
+        "--batch-size", str(args.batch_size), "--memory-block-mb", str(args.memory_block_mb), *(["--trace-heap"] if trace_heap else []),
     ]  # fmt: skip
     shutil.rmtree(run_dir, ignore_errors=True)
     env = {**os.environ, "PYTHONPATH": str(ROOT), **(extra_env or {})}
@@ -202,6 +214,8 @@ def main() -> None:
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--cache", help=argparse.SUPPRESS)
     ap.add_argument("--run-dir", help=argparse.SUPPRESS)
+    ap.add_argument("--epochs", type=int, default=1, help=argparse.SUPPRESS)
+    ap.add_argument("--trace-heap", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
         child(args)
@@ -229,6 +243,9 @@ def main() -> None:
         fixed = {"MALLOC_MMAP_THRESHOLD_": str(FIXED_MMAP_THRESHOLD)}
         small_fixed = spawn(small, work / "run-small-fixed", args, fixed)
         large_fixed = spawn(large, work / "run-large-fixed", args, fixed)
+        small_long = spawn(small, work / "run-small-4-epochs", args, epochs=4)
+        small_traced = spawn(small, work / "run-small-traced", args, trace_heap=True)
+        large_traced = spawn(large, work / "run-large-traced", args, trace_heap=True)
     finally:
         if not args.workdir:
             shutil.rmtree(work, ignore_errors=True)
@@ -267,6 +284,16 @@ def main() -> None:
                 "large_over_small_above_baseline": round(large_fixed["peak_above_baseline_mb"] / small_fixed["peak_above_baseline_mb"], 3),
                 "train_seconds_fixed_over_default": round(
                     sum(small_fixed["train_seconds"] + large_fixed["train_seconds"]) / sum(small_mem["train_seconds"] + large_mem["train_seconds"]), 3),
+            },
+            "growth_source": {
+                "what": "where the large cache's extra peak comes from (default allocator): the small cache for 4 epochs (the large cache's "
+                        "training batches in one epoch), and the traced Python + numpy heap of both caches (tracemalloc; torch tensors and "
+                        "allocator retention untraced)",
+                "small_cache_4_epochs": small_long,
+                "large_over_small_4_epochs_above_baseline": round(large_mem["peak_above_baseline_mb"] / small_long["peak_above_baseline_mb"], 3),
+                "small_cache_traced": small_traced,
+                "large_cache_traced": large_traced,
+                "python_heap_large_over_small": round(large_traced["python_heap_peak_mb"] / small_traced["python_heap_peak_mb"], 3),
             },
         },
         "notes": args.notes,
