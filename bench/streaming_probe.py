@@ -1,0 +1,128 @@
+"""Diagnostic for issue 14's streaming target on `late`: does the allocator or the read-ahead thread cost the time?
+
+    python bench/streaming_probe.py [--dialogues 2000] [--warm-rounds 3] [--repeats 2] [--out bench/results/streaming_probe.json]
+
+bench/train.py times a streamed epoch against one from prebuilt in-RAM tensors; for `late`
+(a ~1.5 ms step) streaming costs ~1.5x. This probe repeats that measurement
+(`bench.train.epoch_times`, same cache, model and batches) in a fresh process per variant,
+each variant changing one thing before the run starts (a diagnostic, not how the library is
+built):
+
+* `default`: the library as it is;
+* `malloc_keep`: glibc told to keep freed memory for reuse instead of returning it
+  (`mallopt`: mmap threshold 64 MiB, trim threshold 256 MiB, top pad 64 MiB), so the batches'
+  multi-MB arrays are recycled rather than mapped, zero-filled and faulted in each time;
+* `no_read_ahead`: batches built in line (`fuse.data.loader.default_prefetch` -> False);
+* `malloc_keep_no_read_ahead`: both.
+
+Reported per variant: each repeat's rounds, and the ratio of totals of streaming over prebuilt
+wall seconds over all repeats, cold (round 0, page cache dropped) and warm. Target of issue 14:
+<= 1.2. Excludes: cache building, data setup, interpreter start-up. glibc only (Linux).
+"""
+from __future__ import annotations
+
+import argparse
+import ctypes
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+VARIANTS = ("default", "malloc_keep", "no_read_ahead", "malloc_keep_no_read_ahead")
+# glibc mallopt parameters (malloc.h)
+M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_THRESHOLD = -1, -2, -3
+
+
+def apply_variant(variant: str) -> None:
+    if variant.startswith("malloc_keep"):
+        mallopt = ctypes.CDLL("libc.so.6").mallopt
+        for parameter, value in ((M_MMAP_THRESHOLD, 64 << 20), (M_TRIM_THRESHOLD, 256 << 20), (M_TOP_PAD, 64 << 20)):
+            if mallopt(parameter, value) != 1:
+                raise SystemExit(f"mallopt({parameter}, {value}) failed")
+    if variant.endswith("no_read_ahead"):
+        import fuse.data.loader as loader
+
+        loader.default_prefetch = lambda: False
+
+
+def child(args) -> None:
+    from bench.train import epoch_times
+
+    apply_variant(args.variant)
+    print(json.dumps(epoch_times(Path(args.cache), "late", argparse.Namespace(warm_rounds=args.warm_rounds, batch_size=32))))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "streaming_probe.json"))
+    ap.add_argument("--dialogues", type=int, default=2000, help="dialogues (x10 utterances) of the cache")
+    ap.add_argument("--warm-rounds", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--variants", default=",".join(VARIANTS))
+    ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--variant", help=argparse.SUPPRESS)
+    ap.add_argument("--cache", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        child(args)
+        return
+
+    from bench.provenance import commit_label
+    from bench.train import build
+    from benchmarks.common import machine
+
+    measured_commit = commit_label()
+    variants = args.variants.split(",")
+    unknown = sorted(set(variants) - set(VARIANTS))
+    if unknown:
+        raise SystemExit(f"unknown variant {unknown[0]!r} (use {', '.join(VARIANTS)})")
+    work = Path(tempfile.mkdtemp(prefix="emofuse-streaming-probe-"))
+    started = time.perf_counter()
+    runs: dict[str, list] = {v: [] for v in variants}
+    try:
+        cache = work / "cache.zarr"
+        size = build(cache, args.dialogues, argparse.Namespace(text_dim=768, audio_dim=64, video_dim=256))
+        for _ in range(args.repeats):  # variants interleaved, so drift on the machine hits all alike
+            for variant in variants:
+                command = [sys.executable, __file__, "--child", "--variant", variant, "--cache", str(cache), "--warm-rounds", str(args.warm_rounds)]
+                done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+                if done.returncode != 0:
+                    raise SystemExit(f"{variant} run failed:\n{done.stderr[-3000:]}")
+                runs[variant].append(json.loads(done.stdout.strip().splitlines()[-1]))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+    def ratio(results, page_cache: str) -> float:
+        rounds = [r for result in results for r in result["rounds"] if r["page_cache"] == page_cache]
+        return round(sum(r["streaming_wall_s"] for r in rounds) / sum(r["prebuilt_wall_s"] for r in rounds), 3)
+
+    summary = {
+        v: {"cold_streaming_over_prebuilt": ratio(r, "cold"), "warm_streaming_over_prebuilt": ratio(r, "warm"), "read_ahead_thread": r[0]["read_ahead_thread"], "runs": r}
+        for v, r in runs.items()
+    }
+    report = {
+        "benchmark": "bench/streaming_probe.py",
+        "command": "python bench/streaming_probe.py " + " ".join(sys.argv[1:]),
+        "commit": measured_commit,
+        "machine": {**machine(), "load_average_at_end": os.getloadavg()},
+        "cache": size,
+        "model": "late, batch 32 (bench/train.py's epoch_times)",
+        "target": "streaming_over_prebuilt <= 1.2, ratio of totals",
+        "variants": summary,
+        "excludes": "cache building, data setup, interpreter start-up",
+        "wall_s": round(time.perf_counter() - started, 1),
+    }
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
+    print(json.dumps({v: {k: s[k] for k in ("cold_streaming_over_prebuilt", "warm_streaming_over_prebuilt", "read_ahead_thread")} for v, s in summary.items()}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
