@@ -133,9 +133,9 @@ def refit_on_train_and_dev(system: str, options: dict, base: dict, seeds: list[i
     scores = {k: [] for k in REPORTED}
     per_fold = []
     for fold in folds:
-        name = f"speaker-{fold['test_speaker']}"
+        name = fold["name"]
         out = work / "folds" / name / "refit"
-        result = run_sweep(plan, work / "folds" / f"{name}.zarr", out, jobs=jobs, echo=lambda *_: None)
+        result = run_sweep(plan, fold["view"], out, jobs=jobs, echo=lambda *_: None)
         if result.failed:
             raise SystemExit(f"fold {name}: refit runs failed: {result.failed}")
         fold_uar = []
@@ -205,6 +205,7 @@ def main() -> None:
     for fold in folds:
         name = f"speaker-{fold['test_speaker']}"
         view = split_view(extraction["cache"], work / "folds" / f"{name}.zarr", fold["splits"])
+        fold["name"], fold["view"] = name, view  # the refit trains on the same view
         fold["dev_speakers"], fold["dev_note"] = carved_dev_speakers(view)
         print(f"fold {name}: test speaker {fold['test_speaker']}, carved dev speaker(s) {', '.join(fold['dev_speakers'])}", flush=True)
         fold_started = time.perf_counter()
