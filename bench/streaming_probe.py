@@ -13,7 +13,13 @@ built):
   (`mallopt`: mmap threshold 64 MiB, trim threshold 256 MiB, top pad 64 MiB), so the batches'
   multi-MB arrays are recycled rather than mapped, zero-filled and faulted in each time;
 * `no_read_ahead`: batches built in line (`fuse.data.loader.default_prefetch` -> False);
-* `malloc_keep_no_read_ahead`: both.
+* `malloc_keep_no_read_ahead`: both;
+* `breakdown`: the library as it is, timing where a streamed epoch's time goes: how long the
+  training loop waits for the read-ahead queue, and how long the read-ahead threads spend
+  assembling batches (`FeatureData._assemble`) and reading pools (`FeatureData._read_frames`).
+  If the wait is small while the streamed epoch is still slower than the prebuilt one, the
+  model's step itself runs slower beside the batch building (GIL or memory bandwidth), rather
+  than waiting for batches. (Its own timers add a little to its epochs.)
 
 Reported per variant: each repeat's rounds, and the ratio of totals of streaming over prebuilt
 wall seconds over all repeats, cold (round 0, page cache dropped) and warm. Target of issue 14:
@@ -29,13 +35,15 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-VARIANTS = ("default", "malloc_keep", "no_read_ahead", "malloc_keep_no_read_ahead")
+VARIANTS = ("default", "malloc_keep", "no_read_ahead", "malloc_keep_no_read_ahead", "breakdown")
+TIMERS = {"consumer_wait_s": 0.0, "assemble_s": 0.0, "read_frames_s": 0.0}
 # glibc mallopt parameters (malloc.h)
 M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_THRESHOLD = -1, -2, -3
 
@@ -50,13 +58,71 @@ def apply_variant(variant: str) -> None:
         import fuse.data.loader as loader
 
         loader.default_prefetch = lambda: False
+    if variant == "breakdown":
+        _time_streaming()
+
+
+def _timed(function, timer: str):
+    def timed(*args, **kwargs):
+        started = time.perf_counter()
+        try:
+            return function(*args, **kwargs)
+        finally:
+            TIMERS[timer] += time.perf_counter() - started
+
+    return timed
+
+
+def _time_streaming() -> None:
+    import queue
+    import types
+
+    import fuse.data.loader as loader
+    import fuse.data.readahead as readahead
+
+    timed_get = _timed(queue.Queue.get, "consumer_wait_s")
+
+    class TimedQueue(queue.Queue):
+        def get(self, *args, **kwargs):
+            # Only the training loop's waits: the batch thread also waits, on the pool reader's queue.
+            if threading.current_thread() is threading.main_thread():
+                return timed_get(self, *args, **kwargs)
+            return super().get(*args, **kwargs)
+
+    readahead.queue = types.SimpleNamespace(Queue=TimedQueue, Full=queue.Full)
+    loader.FeatureData._assemble = _timed(loader.FeatureData._assemble, "assemble_s")
+    loader.FeatureData._read_frames = _timed(loader.FeatureData._read_frames, "read_frames_s")
 
 
 def child(args) -> None:
     from bench.train import epoch_times
 
     apply_variant(args.variant)
-    print(json.dumps(epoch_times(Path(args.cache), "late", argparse.Namespace(warm_rounds=args.warm_rounds, batch_size=32))))
+    if args.variant != "breakdown":
+        print(json.dumps(epoch_times(Path(args.cache), "late", argparse.Namespace(warm_rounds=args.warm_rounds, batch_size=32))))
+        return
+    # The timers count only inside the streamed epochs: the prebuilt list is built unmetered.
+    streaming_epochs = []
+    import fuse.data.loader as loader
+
+    batches = loader.FeatureData.batches
+
+    def metered(self, *a, **k):
+        # epoch_times asks for each round's batches twice: first the prebuilt list (consumed at
+        # once, before its clock), then the streamed epoch; only the second is metered.
+        calls = getattr(self, "_probe_calls", 0)
+        self._probe_calls = calls + 1
+        for key in TIMERS:
+            TIMERS[key] = 0.0
+        started = time.perf_counter()
+        yield from batches(self, *a, **k)
+        if calls % 2 == 1:
+            streaming_epochs.append({"iterate_s": round(time.perf_counter() - started, 3), **{k: round(v, 3) for k, v in TIMERS.items()}})
+
+    loader.FeatureData.batches = metered
+    result = epoch_times(Path(args.cache), "late", argparse.Namespace(warm_rounds=args.warm_rounds, batch_size=32))
+    result["breakdown_per_streamed_epoch"] = streaming_epochs
+    print(json.dumps(result))
 
 
 def main() -> None:
@@ -107,6 +173,9 @@ def main() -> None:
         v: {"cold_streaming_over_prebuilt": ratio(r, "cold"), "warm_streaming_over_prebuilt": ratio(r, "warm"), "read_ahead_thread": r[0]["read_ahead_thread"], "runs": r}
         for v, r in runs.items()
     }
+    if "breakdown" in runs:
+        epochs = [e for result in runs["breakdown"] for e in result["breakdown_per_streamed_epoch"]]
+        summary["breakdown"]["totals_over_streamed_epochs"] = {k: round(sum(e[k] for e in epochs), 3) for k in ("iterate_s", *TIMERS)}
     report = {
         "benchmark": "bench/streaming_probe.py",
         "command": "python bench/streaming_probe.py " + " ".join(sys.argv[1:]),
