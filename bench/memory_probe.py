@@ -27,9 +27,7 @@ from __future__ import annotations
 import argparse
 import ctypes
 import json
-import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -37,6 +35,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from bench.probe import chosen_variants, probe_parser, run_child, write_report  # noqa: E402
 
 VARIANTS = ("default", "infer_preallocated", "trim_phases", "trim_pools", "trim_batches")
 
@@ -139,22 +138,12 @@ def child(args) -> None:
 
 def spawn(variant: str, cache: Path, run_dir: Path) -> dict:
     shutil.rmtree(run_dir, ignore_errors=True)
-    command = [sys.executable, __file__, "--child", "--variant", variant, "--cache", str(cache), "--run-dir", str(run_dir)]
-    done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
-    if done.returncode != 0:
-        raise SystemExit(f"{variant} run failed:\n{done.stderr[-3000:]}")
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return run_child(__file__, variant, cache, "--run-dir", str(run_dir))
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "memory_probe.json"))
+    ap = probe_parser(__doc__, ROOT / "bench" / "results" / "memory_probe.json", VARIANTS)
     ap.add_argument("--dialogues", type=int, default=2000, help="dialogues (x10 utterances) of the 1x cache; the 4x has 4 times as many")
-    ap.add_argument("--repeats", type=int, default=2)
-    ap.add_argument("--variants", default=",".join(VARIANTS))
-    ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
-    ap.add_argument("--variant", help=argparse.SUPPRESS)
-    ap.add_argument("--cache", help=argparse.SUPPRESS)
     ap.add_argument("--run-dir", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
@@ -163,13 +152,9 @@ def main() -> None:
 
     from bench.provenance import commit_label
     from bench.train import build
-    from benchmarks.common import machine
 
     measured_commit = commit_label()
-    variants = args.variants.split(",")
-    unknown = sorted(set(variants) - set(VARIANTS))
-    if unknown:
-        raise SystemExit(f"unknown variant {unknown[0]!r} (use {', '.join(VARIANTS)})")
+    variants = chosen_variants(args.variants, VARIANTS)
     dims = argparse.Namespace(text_dim=768, audio_dim=64, video_dim=256)  # bench/train.py's feature sets
     work = Path(tempfile.mkdtemp(prefix="emofuse-memory-probe-"))
     started = time.perf_counter()
@@ -196,20 +181,13 @@ def main() -> None:
         }
         for v, r in results.items()
     }
-    report = {
-        "benchmark": "bench/memory_probe.py",
-        "command": "python bench/memory_probe.py " + " ".join(sys.argv[1:]),
-        "commit": measured_commit,
-        "machine": {**machine(), "load_average_at_end": os.getloadavg()},
+    write_report(__file__, args.out, measured_commit, started, {
         "sizes": sizes,
         "model": "late, 1 epoch, batch 32, block_mb 4 (bench/train.py's memory runs)",
         "target": "peak_4x_over_1x <= 1.10",
         "variants": summary,
         "excludes": "cache building, interpreter start-up",
-        "wall_s": round(time.perf_counter() - started, 1),
-    }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
+    })
     print(json.dumps({v: {k: s[k] for k in ("peak_4x_over_1x", "run_seconds_over_default")} for v, s in summary.items()}, indent=2))
 
 

@@ -30,9 +30,7 @@ from __future__ import annotations
 import argparse
 import ctypes
 import json
-import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import threading
@@ -41,6 +39,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from bench.probe import chosen_variants, probe_parser, run_child, write_report  # noqa: E402
 
 VARIANTS = ("default", "malloc_keep", "no_read_ahead", "malloc_keep_no_read_ahead", "breakdown")
 TIMERS = {"consumer_wait_s": 0.0, "assemble_s": 0.0, "read_frames_s": 0.0}
@@ -126,15 +125,9 @@ def child(args) -> None:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "streaming_probe.json"))
+    ap = probe_parser(__doc__, ROOT / "bench" / "results" / "streaming_probe.json", VARIANTS)
     ap.add_argument("--dialogues", type=int, default=2000, help="dialogues (x10 utterances) of the cache")
     ap.add_argument("--warm-rounds", type=int, default=3)
-    ap.add_argument("--repeats", type=int, default=2)
-    ap.add_argument("--variants", default=",".join(VARIANTS))
-    ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
-    ap.add_argument("--variant", help=argparse.SUPPRESS)
-    ap.add_argument("--cache", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
         child(args)
@@ -142,13 +135,9 @@ def main() -> None:
 
     from bench.provenance import commit_label
     from bench.train import build
-    from benchmarks.common import machine
 
     measured_commit = commit_label()
-    variants = args.variants.split(",")
-    unknown = sorted(set(variants) - set(VARIANTS))
-    if unknown:
-        raise SystemExit(f"unknown variant {unknown[0]!r} (use {', '.join(VARIANTS)})")
+    variants = chosen_variants(args.variants, VARIANTS)
     work = Path(tempfile.mkdtemp(prefix="emofuse-streaming-probe-"))
     started = time.perf_counter()
     runs: dict[str, list] = {v: [] for v in variants}
@@ -157,11 +146,7 @@ def main() -> None:
         size = build(cache, args.dialogues, argparse.Namespace(text_dim=768, audio_dim=64, video_dim=256))
         for _ in range(args.repeats):  # variants interleaved, so drift on the machine hits all alike
             for variant in variants:
-                command = [sys.executable, __file__, "--child", "--variant", variant, "--cache", str(cache), "--warm-rounds", str(args.warm_rounds)]
-                done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
-                if done.returncode != 0:
-                    raise SystemExit(f"{variant} run failed:\n{done.stderr[-3000:]}")
-                runs[variant].append(json.loads(done.stdout.strip().splitlines()[-1]))
+                runs[variant].append(run_child(__file__, variant, cache, "--warm-rounds", str(args.warm_rounds)))
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -176,20 +161,13 @@ def main() -> None:
     if "breakdown" in runs:
         epochs = [e for result in runs["breakdown"] for e in result["breakdown_per_streamed_epoch"]]
         summary["breakdown"]["totals_over_streamed_epochs"] = {k: round(sum(e[k] for e in epochs), 3) for k in ("iterate_s", *TIMERS)}
-    report = {
-        "benchmark": "bench/streaming_probe.py",
-        "command": "python bench/streaming_probe.py " + " ".join(sys.argv[1:]),
-        "commit": measured_commit,
-        "machine": {**machine(), "load_average_at_end": os.getloadavg()},
+    write_report(__file__, args.out, measured_commit, started, {
         "cache": size,
         "model": "late, batch 32 (bench/train.py's epoch_times)",
         "target": "streaming_over_prebuilt <= 1.2, ratio of totals",
         "variants": summary,
         "excludes": "cache building, data setup, interpreter start-up",
-        "wall_s": round(time.perf_counter() - started, 1),
-    }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(report, indent=2) + "\n")
+    })
     print(json.dumps({v: {k: s[k] for k in ("cold_streaming_over_prebuilt", "warm_streaming_over_prebuilt", "read_ahead_thread")} for v, s in summary.items()}, indent=2))
 
 

@@ -1,20 +1,18 @@
 """bench/gpu.py: the CUDA benchmark's every path runs as a CPU dry run (tiny models, fp32)."""
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 
+from tests.bench_helpers import load_bench_script
+
 REPO = Path(__file__).resolve().parent.parent
 
 
 def load_bench():
-    spec = importlib.util.spec_from_file_location("bench_gpu", REPO / "bench" / "gpu.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_bench_script("gpu")
 
 
 @pytest.mark.slow  # ~15 s of CPU (demo clips, three tiny encoders, two training runs); minutes on a loaded machine

@@ -1,20 +1,10 @@
 """bench/memory_probe.py: its `infer_preallocated` variant, the candidate memory fix, predicts exactly what the library's infer does."""
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 import pytest
 
-REPO = Path(__file__).resolve().parent.parent
-
-
-def load_probe():
-    spec = importlib.util.spec_from_file_location("bench_memory_probe", REPO / "bench" / "memory_probe.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from tests.bench_helpers import load_bench_script
 
 
 @pytest.mark.parametrize("model_name", ["late", "cmaf"])  # cmaf returns gate weights too
@@ -38,7 +28,7 @@ def test_preallocated_infer_gives_the_library_predictions(tmp_path, monkeypatch,
     library_infer = inference.infer
     monkeypatch.setattr(inference, "infer", library_infer)  # restored after the test
     monkeypatch.setattr(recipe, "infer", recipe.infer)
-    load_probe()._infer_preallocated()
+    load_bench_script("memory_probe")._infer_preallocated()
     assert inference.infer is recipe.infer and inference.infer is not library_infer  # the variant is in place
     got = inference.infer(model, data, rows, 4, "cpu")
 

@@ -1,23 +1,17 @@
 """bench/report.py marks a result stale when the code it measures changed after its commit."""
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 
+from tests.bench_helpers import load_bench_script
 from tests.git_helpers import commit, git
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="module")
 def report():
-    spec = importlib.util.spec_from_file_location("bench_report", ROOT / "bench" / "report.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_bench_script("report")
 
 
 def test_result_goes_stale_when_its_code_changes(report, tmp_path):
