@@ -11,14 +11,10 @@ from tests.bench_helpers import load_bench_script
 REPO = Path(__file__).resolve().parent.parent
 
 
-def load_bench():
-    return load_bench_script("gpu")
-
-
 @pytest.mark.slow  # ~15 s of CPU (demo clips, three tiny encoders, two training runs); minutes on a loaded machine
 def test_dry_run_measures_every_encoder_and_model(tmp_path):
     out = tmp_path / "gpu-dry.json"
-    assert load_bench().main(["--dry-run", "--out", str(out)]) == 0
+    assert load_bench_script("gpu").main(["--dry-run", "--out", str(out)]) == 0
     record = json.loads(out.read_text())
     assert record["dry_run"] is True and record["sizes"]["utterances"] >= 10
     for modality in ("text", "audio", "video"):
@@ -32,7 +28,7 @@ def test_dry_run_measures_every_encoder_and_model(tmp_path):
 
 
 def test_dry_run_never_writes_the_results_file_and_cpu_refuses_a_real_run(capsys):
-    bench = load_bench()
+    bench = load_bench_script("gpu")
     with pytest.raises(SystemExit):
         bench.main(["--dry-run"])
     assert "--dry-run writes only to a path given with --out" in capsys.readouterr().err
