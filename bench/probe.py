@@ -1,4 +1,4 @@
-"""What the diagnostic probes share (bench/memory_probe.py, bench/streaming_probe.py): variants run
+"""What the diagnostic probes share (bench/streaming_probe.py; bench/memory_probe.py until its fix landed): variants run
 each in a fresh child process of the probe script, which prints one JSON line."""
 from __future__ import annotations
 

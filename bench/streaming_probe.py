@@ -20,6 +20,16 @@ built):
   If the wait is small while the streamed epoch is still slower than the prebuilt one, the
   model's step itself runs slower beside the batch building (GIL or memory bandwidth), rather
   than waiting for batches. (Its own timers add a little to its epochs.)
+* `contention`: which of those two slows the step. The same prebuilt epoch is timed alone and
+  beside a background thread that never holds the GIL while it works, one memory-bound
+  (`memory_copy`: a 16 MB tensor copied over and over, far beyond the caches) and one
+  compute-bound within a core's cache (`cache_compute`: SHA-256 of a 256 KB buffer), and
+  beside the loader's own batch assembly (`batch_assembly`: `FeatureData._assemble` over the
+  epoch's pools, already read, over and over: the read-ahead thread's work, without its
+  pauses). Reported: seconds beside / seconds alone, ratio of totals over `--warm-rounds`
+  rounds of each, alone and beside alternating. A memory-bound ratio well above 1 with a
+  compute-bound one near 1 means the two cores share memory bandwidth, and a thread that
+  moves batches through memory slows the step however little of the GIL it takes.
 
 Reported per variant: each repeat's rounds, and the ratio of totals of streaming over prebuilt
 wall seconds over all repeats, cold (round 0, page cache dropped) and warm. Target of issue 14:
@@ -41,7 +51,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from bench.probe import chosen_variants, probe_parser, run_child, write_report  # noqa: E402
 
-VARIANTS = ("default", "malloc_keep", "no_read_ahead", "malloc_keep_no_read_ahead", "breakdown")
+VARIANTS = ("default", "malloc_keep", "no_read_ahead", "malloc_keep_no_read_ahead", "breakdown", "contention")
 TIMERS = {"consumer_wait_s": 0.0, "assemble_s": 0.0, "read_frames_s": 0.0}
 # glibc mallopt parameters (malloc.h)
 M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_THRESHOLD = -1, -2, -3
@@ -93,10 +103,68 @@ def _time_streaming() -> None:
     loader.FeatureData._read_frames = _timed(loader.FeatureData._read_frames, "read_frames_s")
 
 
+def _background(load: str, data, pools, frames):
+    """The loop a `contention` background thread runs until its event is set."""
+    import hashlib
+
+    import torch
+
+    if load == "memory_copy":
+        source = torch.ones(4 << 20)  # 16 MB of float32
+        target = torch.empty_like(source)
+        return lambda: target.copy_(source)
+    if load == "cache_compute":
+        buffer = bytes(256 << 10)
+        return lambda: hashlib.sha256(buffer).digest()  # releases the GIL for buffers > 2 KB
+
+    def assemble_epoch() -> None:
+        for pool, arrays in zip(pools, frames):
+            for utts in pool.batches:
+                data._assemble(utts, arrays)
+
+    return assemble_epoch
+
+
+def _run_until(stop: threading.Event, work) -> None:
+    while not stop.is_set():
+        work()
+
+
+def contention(args) -> dict:
+    from bench.train import epoch_setup
+
+    data, rows, epoch = epoch_setup(Path(args.cache), "late")
+    pools = data.plan(rows, 32, shuffle=True, seed=0, epoch=0)
+    frames = [{m: data._read_frames(m, pool.rows) for m in data.feature_sets} for pool in pools]
+    prebuilt = [data._assemble(utts, arrays) for pool, arrays in zip(pools, frames) for utts in pool.batches]
+    result = {}
+    for load in ("memory_copy", "cache_compute", "batch_assembly"):
+        work, stop = _background(load, data, pools, frames), threading.Event()
+        rounds = []
+        for r in range(args.warm_rounds):
+            seconds = {}
+            for where in ("alone", "beside") if r % 2 == 0 else ("beside", "alone"):
+                worker = None
+                if where == "beside":
+                    stop.clear()
+                    worker = threading.Thread(target=_run_until, args=(stop, work), daemon=True)
+                    worker.start()
+                seconds[where] = round(epoch(prebuilt)[0], 3)
+                if worker is not None:
+                    stop.set()
+                    worker.join()
+            rounds.append(seconds)
+        result[load] = {"beside_over_alone": round(sum(x["beside"] for x in rounds) / sum(x["alone"] for x in rounds), 3), "rounds": rounds}
+    return {"contention": result}
+
+
 def child(args) -> None:
     from bench.train import epoch_times
 
     apply_variant(args.variant)
+    if args.variant == "contention":
+        print(json.dumps(contention(args)))
+        return
     if args.variant != "breakdown":
         print(json.dumps(epoch_times(Path(args.cache), "late", argparse.Namespace(warm_rounds=args.warm_rounds, batch_size=32))))
         return
@@ -154,8 +222,17 @@ def main() -> None:
         rounds = [r for result in results for r in result["rounds"] if r["page_cache"] == page_cache]
         return round(sum(r["streaming_wall_s"] for r in rounds) / sum(r["prebuilt_wall_s"] for r in rounds), 3)
 
+    def contention_ratios(results) -> dict:
+        loads = results[0]["contention"]
+        return {
+            load: round(sum(x["beside"] for r in results for x in r["contention"][load]["rounds"]) / sum(x["alone"] for r in results for x in r["contention"][load]["rounds"]), 3)
+            for load in loads
+        }
+
     summary = {
-        v: {"cold_streaming_over_prebuilt": ratio(r, "cold"), "warm_streaming_over_prebuilt": ratio(r, "warm"), "read_ahead_thread": r[0]["read_ahead_thread"], "runs": r}
+        v: {"step_beside_over_alone": contention_ratios(r), "runs": r}
+        if v == "contention"
+        else {"cold_streaming_over_prebuilt": ratio(r, "cold"), "warm_streaming_over_prebuilt": ratio(r, "warm"), "read_ahead_thread": r[0]["read_ahead_thread"], "runs": r}
         for v, r in runs.items()
     }
     if "breakdown" in runs:
@@ -168,7 +245,7 @@ def main() -> None:
         "variants": summary,
         "excludes": "cache building, data setup, interpreter start-up",
     })
-    print(json.dumps({v: {k: s[k] for k in ("cold_streaming_over_prebuilt", "warm_streaming_over_prebuilt", "read_ahead_thread")} for v, s in summary.items()}, indent=2))
+    print(json.dumps({v: {k: x for k, x in s.items() if k != "runs"} for v, s in summary.items()}, indent=2))
 
 
 if __name__ == "__main__":

@@ -124,11 +124,12 @@ def cache_files(path: Path) -> list[Path]:
     return [f for f in path.rglob("*") if f.is_file()]
 
 
-def epoch_times(cache_path: Path, model_name: str, args) -> dict:
-    """(a) for one model: streaming vs prebuilt epochs, cold round then warm rounds."""
+def epoch_setup(cache_path: Path, model_name: str):
+    """(data, training rows, epoch): `epoch(batches)` trains `model_name` one epoch over
+    `batches` from the same initial weights each time (the recipe's step: forward, backward,
+    clip, AdamW) and returns its (wall, CPU) seconds, fetching included."""
     import torch
 
-    from bench.cache_io import drop_page_cache
     from cache_schema import open_cache
     from fuse.data import FeatureData
     from fuse.device import seed_everything
@@ -136,14 +137,12 @@ def epoch_times(cache_path: Path, model_name: str, args) -> dict:
 
     seed_everything(0, deterministic=True)
     data = FeatureData.for_training(open_cache(cache_path), {}, metadata=[], normalisation="global")
-    rows = data.indices("train")
     model = build_model(model_name, data.input_dims, data.n_classes, data.spec.task, None)
     defaults = MODELS[model_name][0].default_training
     initial = copy.deepcopy(model.state_dict())
     model.train()
 
     def epoch(batches) -> tuple[float, float]:
-        """Wall and CPU seconds of one epoch from fresh weights, fetching included."""
         model.load_state_dict(initial)
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=defaults.weight_decay)
         wall, cpu = time.perf_counter(), time.process_time()
@@ -155,6 +154,14 @@ def epoch_times(cache_path: Path, model_name: str, args) -> dict:
             optimizer.zero_grad(set_to_none=True)
         return time.perf_counter() - wall, time.process_time() - cpu
 
+    return data, data.indices("train"), epoch
+
+
+def epoch_times(cache_path: Path, model_name: str, args) -> dict:
+    """(a) for one model: streaming vs prebuilt epochs, cold round then warm rounds."""
+    from bench.cache_io import drop_page_cache
+
+    data, rows, epoch = epoch_setup(cache_path, model_name)
     rounds = []
     for r in range(1 + args.warm_rounds):
         kwargs = dict(shuffle=True, seed=0, epoch=r)
