@@ -1,5 +1,5 @@
-"""What the diagnostic probes share (bench/streaming_probe.py; bench/memory_probe.py until its fix landed): variants run
-each in a fresh child process of the probe script, which prints one JSON line."""
+"""Plumbing for diagnostic probes (bench/streaming_probe.py): each variant runs in a fresh child
+process of the probe script, which prints one JSON line."""
 from __future__ import annotations
 
 import argparse
