@@ -1,5 +1,6 @@
-"""Plumbing for diagnostic probes (bench/streaming_probe.py): each variant runs in a fresh child
-process of the probe script, which prints one JSON line."""
+"""What the benchmark scripts that measure in fresh child processes share (bench/streaming_probe.py's
+variants, bench/train.py's memory runs): the child is the script itself, run with --child, and
+prints one JSON line."""
 from __future__ import annotations
 
 import argparse
@@ -32,13 +33,18 @@ def chosen_variants(text: str, known: tuple[str, ...]) -> list[str]:
     return variants
 
 
-def run_child(script: str, variant: str, cache: Path, *extra: str) -> dict:
-    """One variant in a fresh process of `script`; its last stdout line, parsed."""
-    command = [sys.executable, script, "--child", "--variant", variant, "--cache", str(cache), *extra]
-    done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+def run_json_child(arguments: list[str], what: str, extra_env: dict | None = None) -> dict:
+    """`python *arguments` in a fresh process from the repository root; its last stdout line, parsed."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), **(extra_env or {})}
+    done = subprocess.run([sys.executable, *arguments], capture_output=True, text=True, cwd=ROOT, env=env)
     if done.returncode != 0:
-        raise SystemExit(f"{variant} run failed:\n{done.stderr[-3000:]}")
+        raise SystemExit(f"{what} failed:\n{done.stderr[-3000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def run_child(script: str, variant: str, cache: Path, *extra: str) -> dict:
+    """One probe variant in a fresh process of `script`."""
+    return run_json_child([script, "--child", "--variant", variant, "--cache", str(cache), *extra], f"{variant} run")
 
 
 def write_report(script: str, out: str | Path, commit: str, started: float, fields: dict) -> dict:

@@ -27,7 +27,9 @@ STAGE_2 = ["fuse", "cache_schema"]
 # What each result measures: the paths whose change makes it stale (its script is added).
 MEASURES = {
     "bench/results/cache_io.json": ["cache_schema"],
-    "bench/results/train.json": STAGE_2,
+    "bench/results/train.json": STAGE_2 + ["bench/probe.py"],
+    # the probe times bench/train.py's epochs and runs its variants through bench/probe.py
+    "bench/results/streaming_probe.json": STAGE_2 + ["bench/train.py", "bench/probe.py"],
     "bench/results/reuse.json": STAGE_2,
     "bench/results/remote.json": STAGE_2,
     "bench/results/extract.json": STAGE_1,
