@@ -20,6 +20,9 @@ Arms, all in this one run:
               loaded 2-core machine)
   text-meld   MiniLM on `--text-n` MELD train transcripts (../shared/data/meld), shard_size 500;
               skipped when the data is absent
+  audio-emodb the same audio model on EmoDB's recordings (../shared/data/emodb: real speech,
+              22.05 kHz WAV resampled to 16 kHz while decoding), shard_size 64; skipped when the
+              data is absent
 each with the default grouping and, for the arms in `--compare` (default: the demo arms), also
 with `shards_per_job: 1` (one job per shard: the old layout), so the start-up and model load
 each job pays are measured next to what grouping saves; for the arms in `--one-job` (default:
@@ -171,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cores", type=int, default=2, help="snakemake --cores and each encoder's threads")
     parser.add_argument("--one-job", default="text-meld", help="arms also run as one job for all shards")
     parser.add_argument("--grouped", type=int, default=None, help="shards_per_job of the grouped arms (default: the config default)")
-    parser.add_argument("--arms", default="text-demo,audio-demo,text-meld")
+    parser.add_argument("--arms", default="text-demo,audio-demo,text-meld,audio-emodb")
     parser.add_argument("--out", default=str(REPO / "bench" / "results" / "extract.json"))
     args = parser.parse_args(argv)
     from extract.config import validate_config
@@ -199,9 +202,13 @@ def main(argv: list[str] | None = None) -> int:
             with open(manifest, encoding="utf-8", newline="") as handle:
                 meld_n = sum(1 for _ in csv.DictReader(handle))
             plans["text-meld"] = ({"kind": "manifest", "path": str(manifest)}, text, 500, meld_n)
+        emodb = SHARED / "emodb" / "wav"
+        if "audio-emodb" in arms and any(emodb.glob("*.wav")):
+            plans["audio-emodb"] = ({"kind": "audio_folder", "preset": "emodb", "root": str(emodb)}, audio, 64, len(list(emodb.glob("*.wav"))))
+        absent = {"text-meld": "no MELD transcripts in ../shared/data/meld", "audio-emodb": "no EmoDB recordings in ../shared/data/emodb/wav"}
         for name in arms:
             if name not in plans:
-                results[name] = {"skipped": "no MELD transcripts in ../shared/data/meld" if name == "text-meld" else "unknown arm"}
+                results[name] = {"skipped": absent.get(name, "unknown arm")}
                 continue
             corpus, feature, shard_size, n = plans[name]
             layouts = {f"shards_per_job_{grouped}": grouped}
@@ -234,6 +241,7 @@ def main(argv: list[str] | None = None) -> int:
         "command": " ".join([os.path.basename(sys.executable), *sys.argv]),
         "sizes": {"audio_model": f"random wav2vec2 {args.audio_size} ({AUDIO_SIZES[args.audio_size] or 'wav2vec2-base config'})",
                   "demo_dialogues": args.dialogues, "demo_utterances": demo["utterances"], "text_meld_n": args.text_n,
+                  "audio_emodb_n": plans["audio-emodb"][3] if "audio-emodb" in plans else 0,
                   "cores": args.cores, "grouped_shards_per_job": grouped},
         "demo_generation_seconds_excluded": round(demo_seconds, 1),
         "metric": "sum of encode_batch seconds over all parts / wall seconds of the whole snakemake run (start-up, table, "

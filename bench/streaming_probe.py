@@ -29,7 +29,9 @@ built):
   pauses). Reported: seconds beside / seconds alone, ratio of totals over `--warm-rounds`
   rounds of each, alone and beside alternating. A memory-bound ratio well above 1 with a
   compute-bound one near 1 means the two cores share memory bandwidth, and a thread that
-  moves batches through memory slows the step however little of the GIL it takes.
+  moves batches through memory slows the step however little of the GIL it takes. A fourth
+  load (`l3_copy`: a 2 MB copy, within the shared L3 but beyond a core's L2) tells DRAM
+  bandwidth (it then stays near 1) from contention in the shared cache (it slows the step too).
 
 Reported per variant: each repeat's rounds, and the ratio of totals of streaming over prebuilt
 wall seconds over all repeats, cold (round 0, page cache dropped) and warm. Target of issue 14:
@@ -109,8 +111,11 @@ def _background(load: str, data, pools, frames):
 
     import torch
 
-    if load == "memory_copy":
-        source = torch.ones(4 << 20)  # 16 MB of float32
+    if load in ("memory_copy", "l3_copy"):
+        # memory_copy: 16 MB of float32 copied (32 MB touched: beyond the 32 MB L3 the two cores
+        # share, so it streams from DRAM); l3_copy: 2 MB (4 MB touched: beyond a core's 2 MB L2,
+        # within L3), which separates DRAM bandwidth from contention in the shared cache.
+        source = torch.ones((4 << 20) if load == "memory_copy" else (512 << 10))
         target = torch.empty_like(source)
         return lambda: target.copy_(source)
     if load == "cache_compute":
@@ -138,7 +143,7 @@ def contention(args) -> dict:
     frames = [{m: data._read_frames(m, pool.rows) for m in data.feature_sets} for pool in pools]
     prebuilt = [data._assemble(utts, arrays) for pool, arrays in zip(pools, frames) for utts in pool.batches]
     result = {}
-    for load in ("memory_copy", "cache_compute", "batch_assembly"):
+    for load in ("memory_copy", "l3_copy", "cache_compute", "batch_assembly"):
         work, stop = _background(load, data, pools, frames), threading.Event()
         rounds = []
         for r in range(args.warm_rounds):
