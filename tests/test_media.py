@@ -234,6 +234,32 @@ def test_unreadable_file(media, tmp_path):
         load_audio(path)
 
 
+@pytest.mark.parametrize("name", ["stereo_wav", "long_float_wav", "zero_wav"])
+def test_wav_small_probe_reads_what_ffmpegs_default_probe_reads(media, name, monkeypatch):
+    """WAVs open with FFmpeg's smallest probe (their header holds every stream parameter): the
+    duration and every decoded, resampled sample must equal those of the default 5 MB probe."""
+    import extract.media.audio as audio
+
+    def read():
+        samples = load_audio(media[name]) if name != "zero_wav" else None
+        return audio_duration(media[name]), audio.audio_sample_rate(media[name]), samples
+
+    small = read()
+    monkeypatch.setattr(audio, "_WAV_PROBE", {})
+    default = read()
+    assert small[:2] == default[:2]
+    assert (small[2] is None and default[2] is None) or np.array_equal(small[2], default[2])
+
+
+def test_emodb_files_read_the_same_with_the_small_probe(emodb_dir, monkeypatch):
+    import extract.media.audio as audio
+
+    paths = sorted((emodb_dir / "wav").glob("*.wav"))[:5]
+    small = [load_audio(p) for p in paths]
+    monkeypatch.setattr(audio, "_WAV_PROBE", {})
+    assert all(np.array_equal(a, load_audio(p)) for a, p in zip(small, paths))
+
+
 def test_emodb_file_is_2s_at_16k(emodb_dir):
     path = sorted((emodb_dir / "wav").glob("*.wav"))[0]
     waveform = load_audio(path)
