@@ -189,6 +189,33 @@ def test_direct_block_reads_equal_zarr_reads_and_check_every_chunk(tmp_path):
         open_cache(path)["audio.a"].block_rows(0, 10)
 
 
+def test_direct_reads_go_in_bounded_groups_each_checked(tmp_path, monkeypatch):
+    """A shard is read `group_bytes` at a time (CRCs checked while the bytes are in cache), the
+    rows unchanged, and a damaged chunk in a later group still fails its check."""
+    import cache_schema.direct as direct
+
+    path = old_cache(tmp_path)
+    merge_parts(path, "audio.old", _parts(tmp_path / "p2", [30 + i % 50 for i in range(40)], 2), {"modality": "audio"}, layout_minor=1)
+    fs = open_cache(path)["audio.old"]
+    full = fs.values[...]
+    reader = fs._direct
+    reader.group_bytes = 3 * (reader.chunk_bytes + 4)
+    sizes = []
+    real_preadv = os.preadv
+    monkeypatch.setattr(direct.os, "preadv", lambda fd, buffers, offset: sizes.append(sum(memoryview(b).nbytes for b in buffers)) or real_preadv(fd, buffers, offset))
+    np.testing.assert_array_equal(fs.block_rows(0, len(full)), full)
+    np.testing.assert_array_equal(fs.block_rows(100, len(full) - 70), full[100:-70])
+    assert len(full) // reader.inner_rows > 12 and max(sizes) == reader.group_bytes and len(sizes) > 8
+    shard = path / "features/audio.old/values/c/0/0"
+    data = bytearray(shard.read_bytes())
+    data[10 * (reader.chunk_bytes + 4) + 5] ^= 0x10  # inside inner chunk 10: the fourth group
+    shard.write_bytes(bytes(data))
+    fs = open_cache(path)["audio.old"]
+    fs._direct.group_bytes = reader.group_bytes
+    with pytest.raises(CacheError, match="inner chunk 10 fails its CRC32C check"):
+        fs.block_rows(0, len(full))
+
+
 @pytest.mark.parametrize("rows, inner, shard, dim, dtype", [(5000, 1024, 4096, 16, "float16"), (37, 16, 32, 5, "float32"), (10, 16, 16, 3, "float16")])
 def test_direct_shard_writes_are_byte_identical_to_zarr(tmp_path, rows, inner, shard, dim, dtype):
     """direct.write_shard (the merge's writer for uncompressed sets) writes exactly zarr's bytes."""

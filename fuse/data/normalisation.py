@@ -244,14 +244,14 @@ class Normaliser:
         return np.asarray(rows, dtype=np.int64)
 
     def apply_padded(self, name: str, values: torch.Tensor, mask: torch.Tensor, group_rows: np.ndarray) -> torch.Tensor:
-        """Standardise a padded (B, T, D) float32 batch in place and zero its padding.
+        """Standardise a padded (B, T, D) float32 batch in place; its padding (+0.0 on entry, as
+        `cache_schema.ragged.gather_padded` leaves it) stays +0.0.
 
         Utterance b uses statistics row `group_rows[b]`; every frame gets exactly the float32
         operations of `FeatureNorm.standardise` (x * scale, then - shift, each rounded once),
-        so a batch equals its utterances standardised one by one, in four broadcast passes
-        over the whole batch. In torch: vectorised, and it releases the GIL for the loader's
-        read-ahead thread. Padding is standardised too (cheaper than selecting real frames)
-        and then set back to +0.0.
+        so a batch equals its utterances standardised one by one, in two broadcast passes over
+        the whole batch. In torch: vectorised, and it releases the GIL for the loader's
+        read-ahead thread.
         """
         if self.mode == "none" or name not in self.norms:
             return values
@@ -259,11 +259,12 @@ class Normaliser:
         group_rows = np.asarray(group_rows, dtype=np.int64)
         if len(group_rows) and (group_rows == group_rows[0]).all():  # global mode, or one speaker: no gather
             group_rows = group_rows[:1]
-        values.mul_(torch.from_numpy(norm.scale[group_rows])[:, None, :])
-        values.sub_(torch.from_numpy(norm.shift[group_rows])[:, None, :])
-        # Padding (now -shift, finite) to 0: x * 1 + 0.0 is x exactly and -0.0 + 0.0 is +0.0,
-        # so this equals masked_fill_ bit for bit at ~1/8 of its cost (measured 0.06 vs 0.49 ms).
-        return values.mul_(mask[..., None]).add_(0.0)
+        values.mul_(torch.from_numpy(norm.scale[group_rows])[:, None, :])  # padding: 0 * scale = +0.0
+        # x + mask * (-shift): a real frame gets x - shift (1 * -shift is exact, one rounding),
+        # padding +0.0 + (+-0.0) = +0.0. One pass where subtracting, then zeroing the padding
+        # took three (measured: 0.057 vs 0.071 s per late epoch of 768-d text batches).
+        negative_shift = torch.from_numpy(-norm.shift[group_rows])[:, None, :]
+        return values.addcmul_(mask[..., None].to(values.dtype), negative_shift)
 
     # -- persistence (inside checkpoints: tensors and lists, so weights_only loading works) --
     def to_payload(self) -> dict[str, Any]:
