@@ -14,6 +14,9 @@ built):
   multi-MB arrays are recycled rather than mapped, zero-filled and faulted in each time;
 * `no_read_ahead`: batches built in line (`fuse.data.loader.default_prefetch` -> False);
 * `malloc_keep_no_read_ahead`: both;
+* `short_switch_interval`: `sys.setswitchinterval(0.0002)` (default 0.005 s): a thread that
+  wants the GIL asks its holder to drop it after 0.2 ms instead of 5 ms, so the training step
+  waits less for it when the read-ahead thread holds it between its C calls;
 * `breakdown`: the library as it is, timing where a streamed epoch's time goes: how long the
   training loop waits for the read-ahead queue, and how long the read-ahead threads spend
   assembling batches (`FeatureData._assemble`) and reading pools (`FeatureData._read_frames`).
@@ -26,8 +29,10 @@ built):
   compute-bound within a core's cache (`cache_compute`: SHA-256 of a 256 KB buffer), and
   beside the loader's own batch assembly (`batch_assembly`: `FeatureData._assemble` over the
   epoch's pools, already read, over and over: the read-ahead thread's work, without its
-  pauses). Reported: seconds beside / seconds alone, ratio of totals over `--warm-rounds`
-  rounds of each, alone and beside alternating. A memory-bound ratio well above 1 with a
+  pauses), and the same assembly in a forked process (`batch_assembly_process`: the same
+  memory traffic without a GIL shared with the step, so the gap between the two is what
+  handing the GIL back and forth costs the step). Reported: seconds beside / seconds alone,
+  ratio of totals over `--warm-rounds` rounds of each, alone and beside alternating. A memory-bound ratio well above 1 with a
   compute-bound one near 1 means the two cores share memory bandwidth, and a thread that
   moves batches through memory slows the step however little of the GIL it takes. A fourth
   load (`l3_copy`: a 2 MB copy, within the shared L3 but beyond a core's L2) tells DRAM
@@ -42,7 +47,9 @@ from __future__ import annotations
 import argparse
 import ctypes
 import json
+import os
 import shutil
+import signal
 import sys
 import tempfile
 import threading
@@ -53,7 +60,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from bench.probe import chosen_variants, probe_parser, run_child, write_report  # noqa: E402
 
-VARIANTS = ("default", "malloc_keep", "no_read_ahead", "malloc_keep_no_read_ahead", "breakdown", "contention")
+VARIANTS = ("default", "malloc_keep", "no_read_ahead", "malloc_keep_no_read_ahead", "short_switch_interval", "breakdown", "contention")
 TIMERS = {"consumer_wait_s": 0.0, "assemble_s": 0.0, "read_frames_s": 0.0}
 # glibc mallopt parameters (malloc.h)
 M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_THRESHOLD = -1, -2, -3
@@ -69,6 +76,8 @@ def apply_variant(variant: str) -> None:
         import fuse.data.loader as loader
 
         loader.default_prefetch = lambda: False
+    if variant == "short_switch_interval":
+        sys.setswitchinterval(0.0002)
     if variant == "breakdown":
         _time_streaming()
 
@@ -135,6 +144,36 @@ def _run_until(stop: threading.Event, work) -> None:
         work()
 
 
+class _Beside:
+    """`work` looped beside the timed epoch: in a thread, or in a forked process (`in_process`)."""
+
+    def __init__(self, work, in_process: bool):
+        self.work, self.in_process = work, in_process
+
+    def __enter__(self):
+        if self.in_process:
+            self.pid = os.fork()
+            if self.pid == 0:  # the child: loop until the parent kills it
+                try:
+                    while True:
+                        self.work()
+                finally:
+                    os._exit(0)
+        else:
+            self.stop = threading.Event()
+            self.thread = threading.Thread(target=_run_until, args=(self.stop, self.work), daemon=True)
+            self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        if self.in_process:
+            os.kill(self.pid, signal.SIGKILL)
+            os.waitpid(self.pid, 0)
+        else:
+            self.stop.set()
+            self.thread.join()
+
+
 def contention(args) -> dict:
     from bench.train import epoch_setup
 
@@ -143,21 +182,17 @@ def contention(args) -> dict:
     frames = [{m: data._read_frames(m, pool.rows) for m in data.feature_sets} for pool in pools]
     prebuilt = [data._assemble(utts, arrays) for pool, arrays in zip(pools, frames) for utts in pool.batches]
     result = {}
-    for load in ("memory_copy", "l3_copy", "cache_compute", "batch_assembly"):
-        work, stop = _background(load, data, pools, frames), threading.Event()
+    for load in ("memory_copy", "l3_copy", "cache_compute", "batch_assembly", "batch_assembly_process"):
+        work = _background(load.removesuffix("_process"), data, pools, frames)
         rounds = []
         for r in range(args.warm_rounds):
             seconds = {}
             for where in ("alone", "beside") if r % 2 == 0 else ("beside", "alone"):
-                worker = None
                 if where == "beside":
-                    stop.clear()
-                    worker = threading.Thread(target=_run_until, args=(stop, work), daemon=True)
-                    worker.start()
-                seconds[where] = round(epoch(prebuilt)[0], 3)
-                if worker is not None:
-                    stop.set()
-                    worker.join()
+                    with _Beside(work, in_process=load.endswith("_process")):
+                        seconds[where] = round(epoch(prebuilt)[0], 3)
+                else:
+                    seconds[where] = round(epoch(prebuilt)[0], 3)
             rounds.append(seconds)
         result[load] = {"beside_over_alone": round(sum(x["beside"] for x in rounds) / sum(x["alone"] for x in rounds), 3), "rounds": rounds}
     return {"contention": result}
