@@ -19,6 +19,8 @@ and once in the current one, into one cache. Then, per layout:
 * merge: payload MB/s of `merge_parts` (reading the parts, writing the set) divided by the MB/s
   of `np.ndarray.tofile` writing the same number of bytes as 64 MiB files (page cache, no fsync
   for either).
+  The merged set is then synced to disk (untimed), so the kernel's write-back of it does not
+  run during the timed reads.
   `of_which_reading_parts_s` times reading the parts alone (they are zarr arrays written by
   `FeaturePartWriter`, zarr's default zstd), to show where a merge spends its time.
 * random 64-utterance batches (`FeatureSet.rows`), since larger inner chunks make them decode more.
@@ -180,6 +182,7 @@ def run_size(work: Path, n: int, min_len: int, max_len: int, dim: int, part_size
         raw_w = raw_write_mb_per_s(work / "rawwrite", payload)
         t_merge = timed(lambda: merge_parts(cache, name, parts, {"modality": "audio", "encoder_kind": "synthetic"}, layout_minor=minor))
         merge = payload / MB / t_merge
+        os.sync()  # the merge's dirty pages written back now, not by the kernel during the timed reads
         fs = open_cache(cache)[name]
         files = shard_files(fs)
         disk = sum(p.stat().st_size for p in files)
