@@ -14,6 +14,10 @@ built):
   multi-MB arrays are recycled rather than mapped, zero-filled and faulted in each time;
 * `no_read_ahead`: batches built in line (`fuse.data.loader.default_prefetch` -> False);
 * `malloc_keep_no_read_ahead`: both;
+* `dataloader_worker`: every `FeatureData.batches` iterator (prebuilt lists included) served by
+  a `torch.utils.data.DataLoader` with one worker process (`batch_size=None`, the loader's own
+  read-ahead inside the worker) instead of the read-ahead thread: no GIL shared with the step,
+  but each batch's tensors cross into the training process through shared memory;
 * `short_switch_interval`: `sys.setswitchinterval(0.0002)` (default 0.005 s): a thread that
   wants the GIL asks its holder to drop it after 0.2 ms instead of 5 ms, so the training step
   waits less for it when the read-ahead thread holds it between its C calls;
@@ -60,7 +64,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from bench.probe import chosen_variants, probe_parser, run_child, write_report  # noqa: E402
 
-VARIANTS = ("default", "malloc_keep", "no_read_ahead", "malloc_keep_no_read_ahead", "short_switch_interval", "breakdown", "contention")
+VARIANTS = ("default", "malloc_keep", "no_read_ahead", "malloc_keep_no_read_ahead", "dataloader_worker", "short_switch_interval", "breakdown", "contention")
 TIMERS = {"consumer_wait_s": 0.0, "assemble_s": 0.0, "read_frames_s": 0.0}
 # glibc mallopt parameters (malloc.h)
 M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_THRESHOLD = -1, -2, -3
@@ -76,10 +80,32 @@ def apply_variant(variant: str) -> None:
         import fuse.data.loader as loader
 
         loader.default_prefetch = lambda: False
+    if variant == "dataloader_worker":
+        _batches_from_a_worker_process()
     if variant == "short_switch_interval":
         sys.setswitchinterval(0.0002)
     if variant == "breakdown":
         _time_streaming()
+
+
+def _batches_from_a_worker_process() -> None:
+    import torch
+
+    import fuse.data.loader as loader
+
+    in_process = loader.FeatureData.batches
+
+    class Epoch(torch.utils.data.IterableDataset):
+        def __init__(self, data, args, kwargs):
+            self.data, self.args, self.kwargs = data, args, kwargs
+
+        def __iter__(self):
+            return in_process(self.data, *self.args, **self.kwargs)
+
+    def batches(self, *args, **kwargs):
+        return iter(torch.utils.data.DataLoader(Epoch(self, args, kwargs), batch_size=None, num_workers=1, prefetch_factor=4))
+
+    loader.FeatureData.batches = batches
 
 
 def _timed(function, timer: str):
