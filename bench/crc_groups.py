@@ -1,0 +1,99 @@
+"""A/B of the direct reader's read groups: one `preadv` per whole shard vs `group_bytes` groups.
+
+    python bench/crc_groups.py [--utterances 100000] [--rounds 3] [--out bench/results/crc_groups.json]
+
+cache_schema/direct.py reads a shard's inner chunks in groups of at most
+`DirectValues.group_bytes` (4 MiB) and checks each group's CRC32Cs right after its `preadv`,
+while the bytes are still in the L3 cache. This writes bench/cache_io.py's 100k-utterance set
+(5..45 frames of 768-d fp16, 1.2 layout), syncs it, and in each round times, on a warm page
+cache: `np.fromfile` of the shard files (raw), then a block scan by a freshly opened reader
+(every CRC checked: a run's first pass) and a second scan by the same reader (chunks trusted:
+later epochs), once with whole-shard groups (`group_bytes` = the shard's size: how the reader
+worked before fab5f40) and once with the default, the two orders alternating between rounds.
+Reported: scan / raw, ratio of totals over the rounds, per arm and pass.
+Excludes: writing the set, opening the cache, interpreter start-up.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+from bench.cache_io import block_scan, raw_read, shard_files, timed  # noqa: E402
+from bench.probe import write_report  # noqa: E402
+
+
+def build(work: Path, n: int) -> Path:
+    from cache_schema import FeaturePartWriter, UtteranceTable, create_cache, merge_parts
+
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(5, 46, size=n)
+    cache = work / "feats.zarr"
+    create_cache(cache, UtteranceTable.from_records([{"id": f"utt{i:06d}", "split": "train"} for i in range(n)]))
+    pool = rng.standard_normal((46 + 4096, 768), dtype=np.float32).astype(np.float16)
+    shifts = rng.integers(0, 4096, size=n)
+    parts = []
+    for start in range(0, n, 2000):
+        writer = FeaturePartWriter(work / "parts" / f"{start}.zarr", start, min(n, start + 2000), dim=768, dtype="float16")
+        for row in range(start, min(n, start + 2000)):
+            writer.put(row, pool[shifts[row] : shifts[row] + lengths[row]])
+        parts.append(writer.close())
+    merge_parts(cache, "audio.bench", parts, {"modality": "audio", "encoder_kind": "synthetic"})
+    shutil.rmtree(work / "parts")
+    os.sync()
+    return cache
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--utterances", type=int, default=100000)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "crc_groups.json"))
+    args = ap.parse_args()
+
+    from bench.provenance import commit_label
+    from cache_schema import open_cache
+
+    commit, started = commit_label(), time.perf_counter()
+    work = Path(tempfile.mkdtemp(prefix="emofuse-crc-groups-"))
+    try:
+        cache = build(work, args.utterances)
+        fs = open_cache(cache)["audio.bench"]
+        files, payload = shard_files(fs), int(fs.offsets[-1]) * fs.dim * 2
+        shard_bytes = fs._direct.shard_rows * (fs._direct.row_bytes + 1)
+        arms = {"whole_shard": shard_bytes, "default_groups": fs._direct.group_bytes}
+        totals = {arm: {"raw_s": 0.0, "first_pass_s": 0.0, "repeat_pass_s": 0.0} for arm in arms}
+        raw_read(files)
+        for r in range(args.rounds):
+            for arm in list(arms) if r % 2 == 0 else list(arms)[::-1]:
+                totals[arm]["raw_s"] += timed(lambda: raw_read(files))
+                fresh = open_cache(cache)["audio.bench"]
+                fresh.offsets
+                fresh._direct.group_bytes = arms[arm]
+                totals[arm]["first_pass_s"] += timed(lambda: block_scan(fresh))
+                totals[arm]["repeat_pass_s"] += timed(lambda: block_scan(fresh))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    result = {
+        arm: {"group_bytes": arms[arm], **{k: round(v, 3) for k, v in t.items()},
+              "first_pass_over_raw": round(t["raw_s"] / t["first_pass_s"], 3), "repeat_pass_over_raw": round(t["raw_s"] / t["repeat_pass_s"], 3)}
+        for arm, t in totals.items()
+    }
+    write_report(__file__, args.out, commit, started, {
+        "set": {"utterances": args.utterances, "frames": [5, 45], "dim": 768, "dtype": "float16", "payload_mb": round(payload / 2**20, 1)},
+        "rounds": args.rounds, "arms": result,
+        "excludes": "writing the set, opening the cache, interpreter start-up",
+    })
+    print(result)
+
+
+if __name__ == "__main__":
+    main()
