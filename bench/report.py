@@ -28,6 +28,7 @@ STAGE_2 = ["fuse", "cache_schema"]
 MEASURES = {
     "bench/results/cache_io.json": ["cache_schema"],
     "bench/results/crc_groups.json": ["cache_schema", "bench/cache_io.py", "bench/probe.py"],
+    "bench/results/standardise_passes.json": ["fuse/data/normalisation.py", "cache_schema/ragged.py", "bench/probe.py"],
     "bench/results/train.json": STAGE_2 + ["bench/probe.py"],
     # the probe times bench/train.py's epochs and runs its variants through bench/probe.py
     "bench/results/streaming_probe.json": STAGE_2 + ["bench/train.py", "bench/probe.py"],
