@@ -18,6 +18,12 @@ built):
   a `torch.utils.data.DataLoader` with one worker process (`batch_size=None`, the loader's own
   read-ahead inside the worker) instead of the read-ahead thread: no GIL shared with the step,
   but each batch's tensors cross into the training process through shared memory;
+* `shared_ring_worker`: the streamed epochs' batches (not the prebuilt lists) through a ring of 4 preallocated, prefaulted batch slots
+  in memory shared with a forked worker process (the worker copies each batch it builds into
+  a free slot, building in line, and sends its tensors' shapes down a pipe; the trainer wraps the slot as tensors
+  and hands the slot back when it asks for the next batch): no GIL shared and no per-batch
+  shared-memory setup, one extra copy of each batch in the worker (a prototype to size that
+  design, not how the library builds batches);
 * `short_switch_interval`: `sys.setswitchinterval(0.0002)` (default 0.005 s): a thread that
   wants the GIL asks its holder to drop it after 0.2 ms instead of 5 ms, so the training step
   waits less for it when the read-ahead thread holds it between its C calls;
@@ -64,7 +70,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from bench.probe import chosen_variants, probe_parser, run_child, write_report  # noqa: E402
 
-VARIANTS = ("default", "malloc_keep", "no_read_ahead", "malloc_keep_no_read_ahead", "dataloader_worker", "short_switch_interval", "breakdown", "contention")
+VARIANTS = ("default", "malloc_keep", "no_read_ahead", "malloc_keep_no_read_ahead", "dataloader_worker", "shared_ring_worker", "short_switch_interval", "breakdown", "contention")
 TIMERS = {"consumer_wait_s": 0.0, "assemble_s": 0.0, "read_frames_s": 0.0}
 # glibc mallopt parameters (malloc.h)
 M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_THRESHOLD = -1, -2, -3
@@ -82,6 +88,8 @@ def apply_variant(variant: str) -> None:
         loader.default_prefetch = lambda: False
     if variant == "dataloader_worker":
         _batches_from_a_worker_process()
+    if variant == "shared_ring_worker":
+        _batches_from_a_shared_ring()
     if variant == "short_switch_interval":
         sys.setswitchinterval(0.0002)
     if variant == "breakdown":
@@ -104,6 +112,121 @@ def _batches_from_a_worker_process() -> None:
 
     def batches(self, *args, **kwargs):
         return iter(torch.utils.data.DataLoader(Epoch(self, args, kwargs), batch_size=None, num_workers=1, prefetch_factor=4))
+
+    loader.FeatureData.batches = batches
+
+
+RING_SLOTS = 4
+RING = {"streaming": False}  # set while a streamed epoch runs (`_ring_streaming`)
+
+
+def _ring_streaming(batches):
+    """epoch_times' hook around each streamed epoch: only those go through the ring (the
+    generator bodies run lazily, so the flag is set when `batches` starts)."""
+    RING["streaming"] = True
+    try:
+        yield from batches
+    finally:
+        RING["streaming"] = False
+
+
+def _batch_tensors(batch) -> list[tuple[tuple, "torch.Tensor"]]:
+    """(where, tensor) for every tensor of a Batch this probe's model reads."""
+    out = [(("index",), batch.index)]
+    for name in ("label", "labels_multi"):
+        if getattr(batch, name) is not None:
+            out.append(((name,), getattr(batch, name)))
+    for m, inputs in batch.modalities.items():
+        out += [(("modality", m, f), getattr(inputs, f)) for f in ("values", "mask", "present")]
+    return out
+
+
+def _batches_from_a_shared_ring() -> None:
+    import mmap
+    import pickle
+    import struct
+
+    import numpy as np
+    import torch
+
+    import fuse.data.loader as loader
+    from fuse.batch import Batch, ModalityInput
+
+    in_process = loader.FeatureData.batches
+
+    def slot_bytes(data, batch_size: int) -> int:
+        total = batch_size * 64 + 4096  # index, labels, present flags, alignment
+        for m, fs in data.feature_sets.items():
+            longest = int(data._kept_lengths(m, np.arange(data.n)).max(initial=1))
+            total += batch_size * longest * (fs.dim * 4 + 1) + 64
+        return -(-total // mmap.PAGESIZE) * mmap.PAGESIZE
+
+    def read_exact(fd: int, n: int) -> bytes:
+        chunks = []
+        while n:
+            chunk = os.read(fd, n)
+            if not chunk:
+                raise EOFError("the ring worker exited")
+            chunks.append(chunk)
+            n -= len(chunk)
+        return b"".join(chunks)
+
+    def batches(self, indices, batch_size, **kwargs):
+        if not RING["streaming"]:  # the prebuilt lists: built in this process, kept whole
+            yield from in_process(self, indices, batch_size, **kwargs)
+            return
+        size = slot_bytes(self, batch_size)
+        ring = mmap.mmap(-1, RING_SLOTS * size)  # anonymous MAP_SHARED: shared with the fork
+        ring.write(bytes(RING_SLOTS * size))  # prefault every page once, before the fork
+        headers_r, headers_w = os.pipe()
+        free_r, free_w = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the worker: build batches, copy each into a free slot
+            try:
+                os.close(headers_r)
+                os.close(free_w)
+                self.prefetch = False  # the worker is the read-ahead: one thread, on the free core
+                for batch in in_process(self, indices, batch_size, **kwargs):
+                    slot = struct.unpack("i", read_exact(free_r, 4))[0]
+                    offset, layout = slot * size, []
+                    for where, tensor in _batch_tensors(batch):
+                        flat = tensor.contiguous().view(-1).view(torch.uint8).numpy()
+                        offset = -(-offset // 64) * 64
+                        np.frombuffer(ring, dtype=np.uint8, count=len(flat), offset=offset)[:] = flat
+                        layout.append((where, str(tensor.dtype).removeprefix("torch."), tuple(tensor.shape), offset))
+                        offset += len(flat)
+                    header = pickle.dumps((slot, layout))
+                    os.write(headers_w, struct.pack("i", len(header)) + header)
+                os.write(headers_w, struct.pack("i", 0))
+            finally:
+                os._exit(0)
+        os.close(headers_w)
+        os.close(free_r)
+        try:
+            for slot in range(RING_SLOTS):
+                os.write(free_w, struct.pack("i", slot))
+            held = None
+            while True:
+                n = struct.unpack("i", read_exact(headers_r, 4))[0]
+                if held is not None:  # the step on the previous batch is done: its slot is free
+                    os.write(free_w, struct.pack("i", held))
+                if n == 0:
+                    return
+                held, layout = pickle.loads(read_exact(headers_r, n))
+                tensors, modalities = {}, {}
+                for where, dtype, shape, offset in layout:
+                    count = int(np.prod(shape)) if shape else 1
+                    tensor = torch.frombuffer(ring, dtype=getattr(torch, dtype), count=count, offset=offset).view(shape)
+                    if where[0] == "modality":
+                        modalities.setdefault(where[1], {})[where[2]] = tensor
+                    else:
+                        tensors[where[0]] = tensor
+                yield Batch(modalities={m: ModalityInput(**f) for m, f in modalities.items()}, **tensors)
+        finally:
+            os.close(free_w)
+            os.close(headers_r)
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
 
     loader.FeatureData.batches = batches
 
@@ -232,7 +355,8 @@ def child(args) -> None:
         print(json.dumps(contention(args)))
         return
     if args.variant != "breakdown":
-        print(json.dumps(epoch_times(Path(args.cache), "late", argparse.Namespace(warm_rounds=args.warm_rounds, batch_size=32))))
+        observe = _ring_streaming if args.variant == "shared_ring_worker" else None
+        print(json.dumps(epoch_times(Path(args.cache), "late", argparse.Namespace(warm_rounds=args.warm_rounds, batch_size=32), observe_streaming=observe)))
         return
     # The timers count only inside the streamed epochs (epoch_times' hook): the prebuilt list is built unmetered.
     streaming_epochs = []
