@@ -143,12 +143,10 @@ def random_batches(fs, n: int, rng, batches: int = 20, size: int = 64) -> dict:
     return {"batches_per_s": round(batches / seconds, 2), "mb_per_s": round(nbytes / MB / seconds, 1)}
 
 
-def run_size(work: Path, n: int, min_len: int, max_len: int, dim: int, part_size: int, rounds: int) -> dict:
-    rng = np.random.default_rng(0)
+def synthetic_parts(folder: Path, n: int, min_len: int, max_len: int, dim: int, part_size: int, rng) -> tuple[np.ndarray, list[Path], float]:
+    """(lengths, parts, seconds writing them): n utterances of min_len..max_len frames of `dim`-d
+    fp16, written the way stage 1's part jobs write them, `part_size` utterances a part."""
     lengths = rng.integers(min_len, max_len + 1, size=n)
-    payload = int(lengths.sum()) * dim * 2
-    cache = work / "feats.zarr"
-    create_cache(cache, UtteranceTable.from_records([{"id": f"utt{i:06d}", "split": "train"} for i in range(n)]))
     # Rows are slices of one random pool, so the timing measures writing, not random numbers.
     pool = rng.standard_normal((max_len + 4096, dim), dtype=np.float32).astype(np.float16)
     shifts = rng.integers(0, 4096, size=n)
@@ -156,11 +154,19 @@ def run_size(work: Path, n: int, min_len: int, max_len: int, dim: int, part_size
     parts = []
     for start in range(0, n, part_size):
         stop = min(n, start + part_size)
-        writer = FeaturePartWriter(work / "parts" / f"{start}.zarr", start, stop, dim=dim, dtype="float16")
+        writer = FeaturePartWriter(folder / f"{start}.zarr", start, stop, dim=dim, dtype="float16")
         for row in range(start, stop):
             writer.put(row, pool[shifts[row] : shifts[row] + lengths[row]])
         parts.append(writer.close())
-    t_parts = time.perf_counter() - t0
+    return lengths, parts, time.perf_counter() - t0
+
+
+def run_size(work: Path, n: int, min_len: int, max_len: int, dim: int, part_size: int, rounds: int) -> dict:
+    rng = np.random.default_rng(0)
+    cache = work / "feats.zarr"
+    create_cache(cache, UtteranceTable.from_records([{"id": f"utt{i:06d}", "split": "train"} for i in range(n)]))
+    lengths, parts, t_parts = synthetic_parts(work / "parts", n, min_len, max_len, dim, part_size, rng)
+    payload = int(lengths.sum()) * dim * 2
     # How much of a merge is reading (decoding) the parts: the same reads, nothing written.
     import zarr
 

@@ -18,12 +18,13 @@ built):
   a `torch.utils.data.DataLoader` with one worker process (`batch_size=None`, the loader's own
   read-ahead inside the worker) instead of the read-ahead thread: no GIL shared with the step,
   but each batch's tensors cross into the training process through shared memory;
-* `shared_ring_worker`: the streamed epochs' batches (not the prebuilt lists) through a ring of 4 preallocated, prefaulted batch slots
-  in memory shared with a forked worker process (the worker copies each batch it builds into
-  a free slot, building in line, and sends its tensors' shapes down a pipe; the trainer wraps the slot as tensors
-  and hands the slot back when it asks for the next batch): no GIL shared and no per-batch
-  shared-memory setup, one extra copy of each batch in the worker (a prototype to size that
-  design, not how the library builds batches);
+* `shared_ring_worker`: the streamed epochs' batches (not the prebuilt lists) through a ring of
+  4 preallocated, prefaulted batch slots in memory shared with a forked worker process: the
+  worker builds each batch in line, copies it into a free slot and sends its tensors' shapes
+  down a `multiprocessing.Pipe`; the trainer wraps the slot as tensors and hands the slot back
+  when it asks for the next batch. No GIL shared and no per-batch shared-memory setup, one
+  extra copy of each batch in the worker (a prototype to size that design, not how the
+  library builds batches);
 * `short_switch_interval`: `sys.setswitchinterval(0.0002)` (default 0.005 s): a thread that
   wants the GIL asks its holder to drop it after 0.2 ms instead of 5 ms, so the training step
   waits less for it when the read-ahead thread holds it between its C calls;
@@ -42,9 +43,10 @@ built):
   pauses), and the same assembly in a forked process (`batch_assembly_process`: the same
   memory traffic without a GIL shared with the step, so the gap between the two is what
   handing the GIL back and forth costs the step). Reported: seconds beside / seconds alone,
-  ratio of totals over `--warm-rounds` rounds of each, alone and beside alternating. A memory-bound ratio well above 1 with a
-  compute-bound one near 1 means the two cores share memory bandwidth, and a thread that
-  moves batches through memory slows the step however little of the GIL it takes. A fourth
+  ratio of totals over `--warm-rounds` rounds of each, alone and beside alternating. A
+  memory-bound ratio well above 1 with a compute-bound one near 1 means the two cores share
+  memory bandwidth, so a thread that moves batches through memory slows the step even while
+  it holds no GIL; what `batch_assembly` adds over `batch_assembly_process` is the GIL. A fourth
   load (`l3_copy`: a 2 MB copy, within the shared L3 but beyond a core's L2) tells DRAM
   bandwidth (it then stays near 1) from contention in the shared cache (it slows the step too).
 
@@ -143,8 +145,7 @@ def _batch_tensors(batch) -> list[tuple[tuple, "torch.Tensor"]]:
 
 def _batches_from_a_shared_ring() -> None:
     import mmap
-    import pickle
-    import struct
+    import multiprocessing
 
     import numpy as np
     import torch
@@ -161,16 +162,6 @@ def _batches_from_a_shared_ring() -> None:
             total += batch_size * longest * (fs.dim * 4 + 1) + 64
         return -(-total // mmap.PAGESIZE) * mmap.PAGESIZE
 
-    def read_exact(fd: int, n: int) -> bytes:
-        chunks = []
-        while n:
-            chunk = os.read(fd, n)
-            if not chunk:
-                raise EOFError("the ring worker exited")
-            chunks.append(chunk)
-            n -= len(chunk)
-        return b"".join(chunks)
-
     def batches(self, indices, batch_size, **kwargs):
         if not RING["streaming"]:  # the prebuilt lists: built in this process, kept whole
             yield from in_process(self, indices, batch_size, **kwargs)
@@ -178,16 +169,14 @@ def _batches_from_a_shared_ring() -> None:
         size = slot_bytes(self, batch_size)
         ring = mmap.mmap(-1, RING_SLOTS * size)  # anonymous MAP_SHARED: shared with the fork
         ring.write(bytes(RING_SLOTS * size))  # prefault every page once, before the fork
-        headers_r, headers_w = os.pipe()
-        free_r, free_w = os.pipe()
+        headers_in, headers_out = multiprocessing.Pipe(duplex=False)  # worker -> trainer: (slot, layout)
+        free_in, free_out = multiprocessing.Pipe(duplex=False)  # trainer -> worker: free slots
         pid = os.fork()
         if pid == 0:  # the worker: build batches, copy each into a free slot
             try:
-                os.close(headers_r)
-                os.close(free_w)
                 self.prefetch = False  # the worker is the read-ahead: one thread, on the free core
                 for batch in in_process(self, indices, batch_size, **kwargs):
-                    slot = struct.unpack("i", read_exact(free_r, 4))[0]
+                    slot = free_in.recv()
                     offset, layout = slot * size, []
                     for where, tensor in _batch_tensors(batch):
                         flat = tensor.contiguous().view(-1).view(torch.uint8).numpy()
@@ -195,24 +184,21 @@ def _batches_from_a_shared_ring() -> None:
                         np.frombuffer(ring, dtype=np.uint8, count=len(flat), offset=offset)[:] = flat
                         layout.append((where, str(tensor.dtype).removeprefix("torch."), tuple(tensor.shape), offset))
                         offset += len(flat)
-                    header = pickle.dumps((slot, layout))
-                    os.write(headers_w, struct.pack("i", len(header)) + header)
-                os.write(headers_w, struct.pack("i", 0))
+                    headers_out.send((slot, layout))
+                headers_out.send(None)
             finally:
                 os._exit(0)
-        os.close(headers_w)
-        os.close(free_r)
         try:
             for slot in range(RING_SLOTS):
-                os.write(free_w, struct.pack("i", slot))
+                free_out.send(slot)
             held = None
             while True:
-                n = struct.unpack("i", read_exact(headers_r, 4))[0]
+                header = headers_in.recv()
                 if held is not None:  # the step on the previous batch is done: its slot is free
-                    os.write(free_w, struct.pack("i", held))
-                if n == 0:
+                    free_out.send(held)
+                if header is None:
                     return
-                held, layout = pickle.loads(read_exact(headers_r, n))
+                held, layout = header
                 tensors, modalities = {}, {}
                 for where, dtype, shape, offset in layout:
                     count = int(np.prod(shape)) if shape else 1
@@ -223,10 +209,10 @@ def _batches_from_a_shared_ring() -> None:
                         tensors[where[0]] = tensor
                 yield Batch(modalities={m: ModalityInput(**f) for m, f in modalities.items()}, **tensors)
         finally:
-            os.close(free_w)
-            os.close(headers_r)
             os.kill(pid, signal.SIGKILL)
             os.waitpid(pid, 0)
+            for end in (headers_in, headers_out, free_in, free_out):
+                end.close()
 
     loader.FeatureData.batches = batches
 
